@@ -1,0 +1,85 @@
+"""Settings from the environment: the store (TALLY_DATABASE_URL) and its eventsourcing env."""
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_SQLITE_PATH = Path(".tally/tally.db")
+
+
+class SettingsError(Exception):
+    """A setting has a value Tally cannot use; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    store: str  # "sqlite", "postgres" or "memory" (tests only, never from the environment).
+    eventsourcing_env: Mapping[str, str]
+    sqlite_path: Path | None = None
+    postgres_schema: str | None = None
+
+
+def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    return parse_database_url(environ.get("TALLY_DATABASE_URL", ""))
+
+
+def parse_database_url(url: str) -> Settings:
+    """Unset: SQLite at ./.tally/tally.db; sqlite:///PATH; postgresql://...; else an error."""
+    url = url.strip()
+    if not url:
+        return _sqlite(DEFAULT_SQLITE_PATH, url)
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if not path or path == ":memory:":
+            raise SettingsError(
+                f"TALLY_DATABASE_URL={url!r}: name a file, e.g. sqlite:///var/tally.db "
+                "(Tally never keeps a ledger in memory)."
+            )
+        return _sqlite(Path(path), url)
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname or not parts.hostname:
+            raise SettingsError(
+                f"TALLY_DATABASE_URL: a PostgreSQL URL needs a host and a database name, "
+                f"e.g. postgresql://user:password@127.0.0.1:5432/tally (got {parts.netloc!r}, "
+                f"{dbname!r})."
+            )
+        query = dict(item.split("=", 1) for item in parts.query.split("&") if "=" in item)
+        schema = query.get("schema", "")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(parts.port or 5432),
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_POOL_SIZE": query.get("pool_size", "10"),
+            "POSTGRES_MAX_OVERFLOW": query.get("max_overflow", "10"),
+            "POSTGRES_CONNECT_TIMEOUT": query.get("connect_timeout", "10"),
+        }
+        if schema:
+            env["POSTGRES_SCHEMA"] = schema
+        return Settings(url, "postgres", env, postgres_schema=schema or None)
+    raise SettingsError(
+        f"TALLY_DATABASE_URL={url!r} is not supported: leave it unset for SQLite at "
+        f"{DEFAULT_SQLITE_PATH}, or use sqlite:///PATH or postgresql://USER@HOST:PORT/DBNAME."
+    )
+
+
+def memory_settings() -> Settings:
+    """The library's in-memory store, for unit and API tests only."""
+    return Settings("memory:", "memory", {"PERSISTENCE_MODULE": "eventsourcing.popo"})
+
+
+def _sqlite(path: Path, url: str) -> Settings:
+    env = {
+        "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+        "SQLITE_DBNAME": str(path),
+        "SQLITE_LOCK_TIMEOUT": "10",
+    }
+    return Settings(url or f"sqlite:///{path}", "sqlite", env, sqlite_path=path)

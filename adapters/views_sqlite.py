@@ -1,0 +1,82 @@
+"""Projection views on SQLite: rows and tracking position written in one transaction."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import Tracking
+from eventsourcing.sqlite import SQLiteTrackingRecorder
+
+from application.ports import IndexEntry
+from application.projections import IndexView
+
+
+class SQLiteIndexView(SQLiteTrackingRecorder, IndexView):
+    def construct_create_table_statements(self) -> list[str]:
+        return [
+            *super().construct_create_table_statements(),
+            "CREATE TABLE IF NOT EXISTS resource_index ("
+            "aggregate_id TEXT PRIMARY KEY, organization_id TEXT NOT NULL, kind TEXT NOT NULL, "
+            "key TEXT NOT NULL, parent_key TEXT, status TEXT NOT NULL, created_at TEXT NOT NULL)",
+            "CREATE INDEX IF NOT EXISTS resource_index_list ON resource_index "
+            "(organization_id, kind, created_at)",
+        ]
+
+    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "INSERT INTO resource_index VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (aggregate_id) DO UPDATE SET key = excluded.key, "
+                "parent_key = excluded.parent_key, status = excluded.status",
+                (
+                    str(entry.aggregate_id),
+                    str(entry.organization_id),
+                    entry.kind,
+                    entry.key,
+                    entry.parent_key,
+                    entry.status,
+                    _sortable(entry.created_at),
+                ),
+            )
+            self._insert_tracking(c, tracking)
+
+    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(
+                "UPDATE resource_index SET status = ? WHERE aggregate_id = ?",
+                (status, str(aggregate_id)),
+            )
+            self._insert_tracking(c, tracking)
+
+    def page(
+        self,
+        organization_id: UUID,
+        kind: str,
+        page: int,
+        per_page: int,
+        *,
+        parent_key: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> tuple[list[UUID], int]:
+        where = "organization_id = ? AND kind = ?"
+        params: list[Any] = [str(organization_id), kind]
+        if parent_key is not None:
+            where += " AND parent_key = ?"
+            params.append(parent_key)
+        if statuses:
+            where += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            params.extend(statuses)
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT COUNT(*) FROM resource_index WHERE {where}", params)
+            total = int(c.fetchone()[0])
+            c.execute(
+                f"SELECT aggregate_id FROM resource_index WHERE {where} "
+                "ORDER BY created_at DESC, aggregate_id DESC LIMIT ? OFFSET ?",
+                [*params, per_page, (page - 1) * per_page],
+            )
+            return [UUID(row[0]) for row in c.fetchall()], total
+
+
+def _sortable(instant: datetime) -> str:
+    return instant.isoformat(timespec="microseconds")

@@ -1,0 +1,154 @@
+"""Request and response helpers shared by the controllers: body decoding, pages, Lago's formats."""
+
+import re
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import msgspec
+
+from api.problems import BadQueryError, MissingRootKeyError, RequestBodyError
+from domain.limits import PER_PAGE_DEFAULT, PER_PAGE_MAX
+
+T = TypeVar("T")
+
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?")
+_AT = re.compile(r" - at `(?P<at>[^`]+)`$")
+
+
+class Input(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Request bodies: keyword-only, and a field we do not support is an error."""
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    """A body's wrapper around Lago's root key; other top-level keys are ignored, as Lago does."""
+
+
+class Output(msgspec.Struct, kw_only=True):
+    """Response bodies."""
+
+
+def decode_body(data: bytes, cls: type[T], root: str | None = None) -> T:
+    """Decode a JSON body into cls, with Lago's 400 for a missing root and 422 naming a field.
+
+    JSON numbers reach Decimal fields from their literal text, never through a float.
+    """
+    try:
+        return msgspec.json.decode(data or b"{}", type=cls, dec_hook=_dec_hook)
+    except msgspec.ValidationError as error:
+        raise _body_error(str(error), root) from None
+    except msgspec.DecodeError as error:
+        raise (
+            MissingRootKeyError(root or "body")
+            if root
+            else RequestBodyError("body", "invalid_format", str(error))
+        ) from None
+
+
+def _dec_hook(cls: type, value: Any) -> Any:
+    raise NotImplementedError(cls)
+
+
+def field_path(at: str | None, root: str | None) -> str:
+    """`$.customer.billing_configuration.sync` → `billing_configuration.sync`; `[3]` → `3`."""
+    path = (at or "$").removeprefix("$")
+    path = re.sub(r"\[(\d+)\]", r".\1", path).lstrip(".")
+    if root and (path == root or path.startswith(root + ".")):
+        path = path[len(root) + 1 :]
+    return path
+
+
+def _body_error(message: str, root: str | None) -> Exception:
+    if match := _MISSING.match(message):
+        at = match.group("at")
+        if root and (at in (None, "$")) and match.group("field") == root:
+            return MissingRootKeyError(root)
+        return RequestBodyError(
+            _join(field_path(at, root), match.group("field")), "value_is_mandatory", message
+        )
+    if match := _UNKNOWN.match(message):
+        return RequestBodyError(
+            _join(field_path(match.group("at"), root), match.group("field")),
+            "unsupported_field",
+            message,
+        )
+    at_match = _AT.search(message)
+    at = at_match.group("at") if at_match else None
+    path = field_path(at, root)
+    if root and path == "" and at == f"$.{root}":
+        return MissingRootKeyError(root)  # The root key is null or not an object.
+    return RequestBodyError(path or "body", "value_is_invalid", message)
+
+
+def _join(path: str, field: str) -> str:
+    return f"{path}.{field}" if path else field
+
+
+def iso(instant: datetime | None) -> str | None:
+    """Lago's timestamp format: ISO 8601 in UTC with a Z, to the second."""
+    if instant is None:
+        return None
+    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso_ms(instant: datetime) -> str:
+    """Event timestamps keep milliseconds, as Lago's do."""
+    return (
+        instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        + f"{instant.microsecond // 1000:03d}Z"
+    )
+
+
+def iso_date(day: date | None) -> str | None:
+    return day.isoformat() if day is not None else None
+
+
+def decimal_string(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+class PaginationMeta(Output):
+    current_page: int
+    next_page: int | None
+    prev_page: int | None
+    total_pages: int
+    total_count: int
+
+
+def pagination(page: int | None, per_page: int | None) -> tuple[int, int]:
+    page = 1 if page is None else page
+    per_page = PER_PAGE_DEFAULT if per_page is None else per_page
+    if page < 1:
+        raise BadQueryError("page")
+    if not 1 <= per_page <= PER_PAGE_MAX:
+        raise BadQueryError("per_page")
+    return page, per_page
+
+
+def meta(page: int, per_page: int, total_count: int) -> PaginationMeta:
+    """Lago's pagination meta; with no results it reports page 0, as Lago does."""
+    total_pages = -(-total_count // per_page)
+    if total_count == 0:
+        return PaginationMeta(
+            current_page=0, next_page=None, prev_page=None, total_pages=0, total_count=0
+        )
+    return PaginationMeta(
+        current_page=page,
+        next_page=page + 1 if page < total_pages else None,
+        prev_page=page - 1 if page > 1 else None,
+        total_pages=total_pages,
+        total_count=total_count,
+    )
+
+
+def parse_bool(value: str | None, field: str, default: bool) -> bool:
+    """Query booleans arrive as true/false or Python's True/False."""
+    if value is None:
+        return default
+    lowered = value.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise BadQueryError(field)

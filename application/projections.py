@@ -1,0 +1,164 @@
+"""The resource index: an organization-scoped list of resources, projected from their events.
+
+List queries read it; commands never do. Each view stores its rows and the tracking position in
+one transaction, so every event applies exactly once even when several processes catch up.
+"""
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from functools import singledispatchmethod
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from eventsourcing.popo import POPOTrackingRecorder
+from eventsourcing.projection import Projection
+from eventsourcing.utils import get_topic
+
+from application.ports import IndexEntry
+from domain.customer import Customer
+
+CATCH_UP_BATCH = 500
+
+
+class IndexView(TrackingRecorder, ABC):
+    @abstractmethod
+    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+        """Add a resource (or replace the one with this aggregate id), with the position."""
+
+    @abstractmethod
+    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None: ...
+
+    @abstractmethod
+    def page(
+        self,
+        organization_id: UUID,
+        kind: str,
+        page: int,
+        per_page: int,
+        *,
+        parent_key: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> tuple[list[UUID], int]:
+        """Aggregate ids of one page (1-based), newest first, and the total count."""
+
+
+class MemoryIndexView(POPOTrackingRecorder, IndexView):
+    """The index for the in-memory store (unit and API tests)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._entries: dict[UUID, IndexEntry] = {}
+
+    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+        with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            self._entries[entry.aggregate_id] = entry
+            self._insert_tracking(tracking)
+
+    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None:
+        with self._database_lock:
+            self._assert_tracking_uniqueness(tracking)
+            entry = self._entries[aggregate_id]
+            self._entries[aggregate_id] = IndexEntry(
+                entry.kind,
+                entry.organization_id,
+                entry.aggregate_id,
+                entry.key,
+                entry.parent_key,
+                status,
+                entry.created_at,
+            )
+            self._insert_tracking(tracking)
+
+    def page(
+        self,
+        organization_id: UUID,
+        kind: str,
+        page: int,
+        per_page: int,
+        *,
+        parent_key: str | None = None,
+        statuses: Sequence[str] = (),
+    ) -> tuple[list[UUID], int]:
+        with self._database_lock:
+            rows = [
+                e
+                for e in self._entries.values()
+                if e.organization_id == organization_id
+                and e.kind == kind
+                and (parent_key is None or e.parent_key == parent_key)
+                and (not statuses or e.status in statuses)
+            ]
+        rows.sort(key=lambda e: (e.created_at, e.aggregate_id.int), reverse=True)
+        start = (page - 1) * per_page
+        return [e.aggregate_id for e in rows[start : start + per_page]], len(rows)
+
+
+class ResourceIndexProjection(Projection[IndexView]):
+    name = "resource_index"
+    topics = tuple(
+        get_topic(cls) for cls in (Customer.Created, Customer.Deleted, Customer.Recreated)
+    )
+
+    @singledispatchmethod
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        self.view.insert_tracking(tracking)  # An event we ignore still advances the position.
+
+    @process_event.register
+    def _customer_created(self, domain_event: Customer.Created, tracking: Tracking) -> None:
+        entry = IndexEntry(
+            kind="customer",
+            organization_id=domain_event.organization_id,
+            aggregate_id=domain_event.originator_id,
+            key=domain_event.external_id,
+            parent_key=None,
+            status="active",
+            created_at=domain_event.timestamp,
+        )
+        self.view.insert_entry(entry, tracking)
+
+    @process_event.register
+    def _customer_deleted(self, domain_event: Customer.Deleted, tracking: Tracking) -> None:
+        self.view.set_status(domain_event.originator_id, "deleted", tracking)
+
+    @process_event.register
+    def _customer_recreated(self, domain_event: Customer.Recreated, tracking: Tracking) -> None:
+        self.view.set_status(domain_event.originator_id, "active", tracking)
+
+
+class CatchUp:
+    """Pulls new notifications into a projection; safe to run from many threads and processes."""
+
+    def __init__(self, app: Application[UUID], projection: Projection[Any]) -> None:
+        self.app = app
+        self.projection = projection
+        # Views of one database share a tracking table: each projection has its own row.
+        self.tracking_name = f"{app.name}.{projection.name}"
+        self._lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self._lock:
+            while self._step():
+                pass
+
+    def _step(self) -> bool:
+        view = self.projection.view
+        position = view.max_tracking_id(self.tracking_name) or 0
+        notifications = self.app.recorder.select_notifications(
+            position,
+            CATCH_UP_BATCH,
+            topics=self.projection.topics,
+            inclusive_of_start=False,
+        )
+        for notification in notifications:
+            domain_event = self.app.mapper.to_domain_event(notification)
+            try:
+                self.projection.process_event(
+                    domain_event, Tracking(self.tracking_name, notification.id)
+                )
+            except IntegrityError:
+                return True  # Another process applied it first: read the position again.
+        return len(notifications) == CATCH_UP_BATCH
