@@ -5,7 +5,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Final
 from uuid import UUID
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from eventsourcing.domain import AggregateCreated, AggregateEvent, BaseAggregate, event
 
@@ -14,6 +13,7 @@ from domain.countries import check_country
 from domain.errors import InvalidValueError
 from domain.limits import KEY_LENGTH_MAX, TEXT_LENGTH_MAX
 from domain.money import check_currency
+from domain.periods import check_timezone
 
 TEXT_FIELDS: Final = (
     "name",
@@ -71,19 +71,6 @@ FIELDS: Final = (
 EMAIL: Final = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 NET_PAYMENT_TERM_MAX: Final = 3650  # Ten years: a longer term is a typing error.
 METADATA_MAX: Final = 50
-
-
-def check_timezone(timezone: str, field: str = "timezone") -> str:
-    """An IANA zone name that zoneinfo can load, e.g. "Europe/Paris" (Lago: invalid_timezone)."""
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_+\-]*(/[A-Za-z0-9_+\-]+)*", timezone) or (
-        timezone == "localtime"
-    ):
-        raise InvalidValueError(field, "invalid_timezone", timezone)
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidValueError(field, "invalid_timezone", timezone) from None
-    return timezone
 
 
 def check_key(value: str, field: str) -> str:
