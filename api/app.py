@@ -8,8 +8,10 @@ from litestar.openapi import OpenAPIConfig
 from adapters.settings import Settings, settings_from_env
 from adapters.stores import Ledger, open_ledger
 from api.auth import provide_billing, provide_organization_id, provide_raw_body
-from api.controllers.customers import CustomerController
+from api.controllers.billable_metrics import BillableMetricController
+from api.controllers.customers import CustomerController, customer_history
 from api.controllers.health import health
+from api.controllers.taxes import TaxController
 from api.idempotency import IdempotencyMiddleware
 from api.problems import exception_handlers
 
@@ -17,7 +19,12 @@ from api.problems import exception_handlers
 def create_app(ledger: Ledger) -> Litestar:
     api = Router(
         "/api/v1",
-        route_handlers=[CustomerController],
+        route_handlers=[
+            CustomerController,
+            customer_history,
+            TaxController,
+            BillableMetricController,
+        ],
         dependencies={
             "organization_id": Provide(provide_organization_id, sync_to_thread=False),
             "raw_body": Provide(provide_raw_body),

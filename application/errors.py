@@ -42,3 +42,14 @@ class IdempotencyKeyInProgressError(ApplicationError):
     def __init__(self, key: str) -> None:
         super().__init__(f"A request with Idempotency-Key '{key}' is still in progress.")
         self.key = key
+
+
+class TransactionIdConflictError(ApplicationError):
+    """An event reuses a stored (or earlier in its batch) transaction_id with another payload."""
+
+    def __init__(self, index: int, transaction_id: str) -> None:
+        super().__init__(
+            f"Event {index}: transaction_id '{transaction_id}' already exists with another payload."
+        )
+        self.index = index
+        self.transaction_id = transaction_id

@@ -7,7 +7,6 @@ one transaction, so every event applies exactly once even when several processes
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from functools import singledispatchmethod
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,9 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from application.ports import IndexEntry
+from domain.billable_metric import BillableMetric
 from domain.customer import Customer
+from domain.tax import Tax
 
 CATCH_UP_BATCH = 500
 
@@ -97,36 +98,43 @@ class MemoryIndexView(POPOTrackingRecorder, IndexView):
         return [e.aggregate_id for e in rows[start : start + per_page]], len(rows)
 
 
+# Events that add a resource to the index: its kind and the attributes naming its key and parent.
+INDEXED: dict[type[Any], tuple[str, str, str | None, str]] = {
+    Customer.Created: ("customer", "external_id", None, "active"),
+    Tax.Created: ("tax", "code", None, "active"),
+    BillableMetric.Created: ("billable_metric", "code", None, "active"),
+}
+# Events that change a resource's status in the index.
+STATUSES: dict[type[Any], str] = {
+    Customer.Deleted: "deleted",
+    Customer.Recreated: "active",
+    Tax.Deleted: "deleted",
+    BillableMetric.Deleted: "deleted",
+}
+
+
 class ResourceIndexProjection(Projection[IndexView]):
     name = "resource_index"
-    topics = tuple(
-        get_topic(cls) for cls in (Customer.Created, Customer.Deleted, Customer.Recreated)
-    )
+    topics = tuple(get_topic(cls) for cls in (*INDEXED, *STATUSES))
 
-    @singledispatchmethod
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        self.view.insert_tracking(tracking)  # An event we ignore still advances the position.
-
-    @process_event.register
-    def _customer_created(self, domain_event: Customer.Created, tracking: Tracking) -> None:
-        entry = IndexEntry(
-            kind="customer",
-            organization_id=domain_event.organization_id,
-            aggregate_id=domain_event.originator_id,
-            key=domain_event.external_id,
-            parent_key=None,
-            status="active",
-            created_at=domain_event.timestamp,
-        )
-        self.view.insert_entry(entry, tracking)
-
-    @process_event.register
-    def _customer_deleted(self, domain_event: Customer.Deleted, tracking: Tracking) -> None:
-        self.view.set_status(domain_event.originator_id, "deleted", tracking)
-
-    @process_event.register
-    def _customer_recreated(self, domain_event: Customer.Recreated, tracking: Tracking) -> None:
-        self.view.set_status(domain_event.originator_id, "active", tracking)
+        if type(domain_event) in INDEXED:
+            kind, key, parent, status = INDEXED[type(domain_event)]
+            entry = IndexEntry(
+                kind=kind,
+                organization_id=domain_event.organization_id,
+                aggregate_id=domain_event.originator_id,
+                key=getattr(domain_event, key),
+                parent_key=getattr(domain_event, parent) if parent else None,
+                status=getattr(domain_event, "status", status),
+                created_at=domain_event.timestamp,
+            )
+            self.view.insert_entry(entry, tracking)
+        elif type(domain_event) in STATUSES:
+            status = getattr(domain_event, "status", None) or STATUSES[type(domain_event)]
+            self.view.set_status(domain_event.originator_id, status, tracking)
+        else:
+            self.view.insert_tracking(tracking)  # An event we ignore still advances the position.
 
 
 class CatchUp:

@@ -3,11 +3,12 @@
 from typing import Any
 from uuid import UUID
 
-from litestar import Controller, delete, get, post
+from litestar import get
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath
 
-from api.http import Envelope, Input, Output, PaginationMeta, decode_body, iso, meta, pagination
+from api.http import Envelope, Input, Output, PaginationMeta, iso
+from api.resources import crud_controller
 from application.billing import Billing, HistoryEntry
 from domain.customer import FIELDS, Customer
 
@@ -177,74 +178,37 @@ def history_object(entry: HistoryEntry) -> HistoryEventObject:
     )
 
 
-class CustomerController(Controller):
-    path = "/customers"
-    tags = ("Customers",)
+def _upsert(billing: Billing, organization_id: UUID, body: CustomerInput) -> Customer:
+    values = {field: getattr(body, field) for field in FIELDS}
+    return billing.upsert_customer(organization_id, body.external_id, values)
 
-    @post(operation_id="createCustomer", status_code=200, sync_to_thread=True)
-    def upsert(
-        self,
-        raw_body: NamedDependency[bytes],
-        billing: NamedDependency[Billing],
-        organization_id: NamedDependency[UUID],
-    ) -> CustomerResponse:
-        """Create a customer, or update the one with this external_id (Lago's upsert)."""
-        body = decode_body(raw_body, CustomerRequest, "customer").customer
-        values = {field: getattr(body, field) for field in FIELDS}
-        customer = billing.upsert_customer(organization_id, body.external_id, values)
-        return CustomerResponse(customer=customer_object(customer))
 
-    @get("/{external_id:str}", operation_id="findCustomer", sync_to_thread=True)
-    def find(
-        self,
-        external_id: FromPath[str],
-        billing: NamedDependency[Billing],
-        organization_id: NamedDependency[UUID],
-    ) -> CustomerResponse:
-        """A customer by its external_id."""
-        return CustomerResponse(
-            customer=customer_object(billing.customer(organization_id, external_id))
-        )
+# Lago has no PUT for customers: POST creates or updates by external_id.
+CustomerController = crud_controller(
+    path="/customers",
+    name="Customer",
+    plural_name="Customers",
+    root="customer",
+    plural_root="customers",
+    request=CustomerRequest,
+    response=CustomerResponse,
+    list_response=CustomersResponse,
+    to_object=customer_object,
+    create=_upsert,
+    find=Billing.customer,
+    find_all=Billing.customers,
+    destroy=Billing.delete_customer,
+)
 
-    @get(operation_id="findAllCustomers", sync_to_thread=True)
-    def find_all(
-        self,
-        billing: NamedDependency[Billing],
-        organization_id: NamedDependency[UUID],
-        page: FromQuery[int | None] = None,
-        per_page: FromQuery[int | None] = None,
-    ) -> CustomersResponse:
-        """Customers of the organization, newest first, one page at a time."""
-        page, per_page = pagination(page, per_page)
-        customers, total = billing.customers(organization_id, page, per_page)
-        return CustomersResponse(
-            customers=[customer_object(c) for c in customers], meta=meta(page, per_page, total)
-        )
 
-    @delete(
-        "/{external_id:str}", operation_id="destroyCustomer", status_code=200, sync_to_thread=True
-    )
-    def destroy(
-        self,
-        external_id: FromPath[str],
-        billing: NamedDependency[Billing],
-        organization_id: NamedDependency[UUID],
-    ) -> CustomerResponse:
-        """Delete a customer; Lago answers with the deleted object."""
-        return CustomerResponse(
-            customer=customer_object(billing.delete_customer(organization_id, external_id))
-        )
-
-    @get("/{external_id:str}/history", operation_id="findCustomerHistory", sync_to_thread=True)
-    def history(
-        self,
-        external_id: FromPath[str],
-        billing: NamedDependency[Billing],
-        organization_id: NamedDependency[UUID],
-    ) -> CustomerHistoryResponse:
-        """Tally extension: every recorded event of the customer, oldest first."""
-        return CustomerHistoryResponse(
-            events=[
-                history_object(e) for e in billing.customer_history(organization_id, external_id)
-            ]
-        )
+@get(
+    "/customers/{external_id:str}/history", operation_id="findCustomerHistory", sync_to_thread=True
+)
+def customer_history(
+    external_id: FromPath[str],
+    billing: NamedDependency[Billing],
+    organization_id: NamedDependency[UUID],
+) -> CustomerHistoryResponse:
+    """Tally extension: every recorded event of the customer, oldest first."""
+    entries = billing.customer_history(organization_id, external_id)
+    return CustomerHistoryResponse(events=[history_object(e) for e in entries])
