@@ -10,8 +10,12 @@ from adapters.stores import Ledger, open_ledger
 from api.auth import provide_billing, provide_organization_id, provide_raw_body
 from api.controllers.billable_metrics import BillableMetricController
 from api.controllers.customers import CustomerController, customer_history
+from api.controllers.events import EventController
 from api.controllers.health import health
+from api.controllers.plans import PlanController, plan_version
+from api.controllers.subscriptions import SubscriptionController
 from api.controllers.taxes import TaxController
+from api.controllers.usage import current_usage
 from api.idempotency import IdempotencyMiddleware
 from api.problems import exception_handlers
 
@@ -24,6 +28,11 @@ def create_app(ledger: Ledger) -> Litestar:
             customer_history,
             TaxController,
             BillableMetricController,
+            PlanController,
+            plan_version,
+            SubscriptionController,
+            EventController,
+            current_usage,
         ],
         dependencies={
             "organization_id": Provide(provide_organization_id, sync_to_thread=False),

@@ -1,13 +1,16 @@
 """Request and response helpers shared by the controllers: body decoding, pages, Lago's formats."""
 
+import functools
 import re
+from collections.abc import Hashable
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import msgspec
 
 from api.problems import BadQueryError, MissingRootKeyError, RequestBodyError
+from domain.errors import InvalidValueError
 from domain.limits import PER_PAGE_DEFAULT, PER_PAGE_MAX
 
 T = TypeVar("T")
@@ -35,7 +38,8 @@ def decode_body(data: bytes, cls: type[T], root: str | None = None) -> T:
     JSON numbers reach Decimal fields from their literal text, never through a float.
     """
     try:
-        return msgspec.json.decode(data or b"{}", type=cls, dec_hook=_dec_hook)
+        decoded: T = _decoder(cast(Hashable, cls)).decode(data or b"{}")
+        return decoded
     except msgspec.ValidationError as error:
         raise _body_error(str(error), root) from None
     except msgspec.DecodeError as error:
@@ -44,6 +48,13 @@ def decode_body(data: bytes, cls: type[T], root: str | None = None) -> T:
             if root
             else RequestBodyError("body", "invalid_format", str(error))
         ) from None
+
+
+@functools.cache
+def _decoder(cls: Any) -> "msgspec.json.Decoder[Any]":
+    # float_hook: a JSON number in a free-form field (charge properties, event properties)
+    # becomes a Decimal from its literal text, never a float.
+    return msgspec.json.Decoder(cls, dec_hook=_dec_hook, float_hook=Decimal)
 
 
 def _dec_hook(cls: type, value: Any) -> Any:
@@ -152,3 +163,16 @@ def parse_bool(value: str | None, field: str, default: bool) -> bool:
     if lowered in ("false", "0"):
         return False
     raise BadQueryError(field)
+
+
+def parse_instant(value: str | None, field: str) -> datetime | None:
+    """An ISO 8601 instant from Lago's wire; without an offset it is UTC, as Lago reads it."""
+    if value is None:
+        return None
+    try:
+        instant = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidValueError(field, "invalid_date", value) from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return instant.astimezone(UTC)

@@ -10,6 +10,8 @@ from eventsourcing.persistence import IntegrityError
 from application.base import BillingBase, HistoryEntry, history_entry
 from application.catalog import CatalogCommands
 from application.errors import AlreadyExistsError, NotFoundError
+from application.plans import PlanCommands
+from application.subscriptions import SubscriptionCommands
 from domain import ids
 from domain.customer import Customer
 from domain.organization import ApiKey, Organization, api_key_hash, new_api_key
@@ -17,7 +19,7 @@ from domain.organization import ApiKey, Organization, api_key_hash, new_api_key
 __all__ = ["Billing", "HistoryEntry"]
 
 
-class Billing(CatalogCommands, BillingBase):
+class Billing(SubscriptionCommands, PlanCommands, CatalogCommands, BillingBase):
     name = "tally"  # Stable: it names the PostgreSQL tables and the environment prefix.
 
     # Organizations and API keys.

@@ -19,6 +19,8 @@ from eventsourcing.utils import get_topic
 from application.ports import IndexEntry
 from domain.billable_metric import BillableMetric
 from domain.customer import Customer
+from domain.plan import Plan
+from domain.subscription import Subscription
 from domain.tax import Tax
 
 CATCH_UP_BATCH = 500
@@ -103,6 +105,9 @@ INDEXED: dict[type[Any], tuple[str, str, str | None, str]] = {
     Customer.Created: ("customer", "external_id", None, "active"),
     Tax.Created: ("tax", "code", None, "active"),
     BillableMetric.Created: ("billable_metric", "code", None, "active"),
+    # Plan.OverrideCreated is left out: a subscription's copy is not in the catalog.
+    Plan.Created: ("plan", "code", None, "active"),
+    Subscription.Created: ("subscription", "external_id", "external_customer_id", "active"),
 }
 # Events that change a resource's status in the index.
 STATUSES: dict[type[Any], str] = {
@@ -110,6 +115,7 @@ STATUSES: dict[type[Any], str] = {
     Customer.Recreated: "active",
     Tax.Deleted: "deleted",
     BillableMetric.Deleted: "deleted",
+    Plan.Deleted: "deleted",  # Only catalog plans are deleted (Plan.delete).
 }
 
 

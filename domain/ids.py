@@ -26,6 +26,29 @@ def plan_id(organization_id: UUID, code: str) -> UUID:
     return _id("plan", organization_id, code)
 
 
+def plan_override_id(organization_id: UUID, parent_id: UUID, subscription_external_id: str) -> UUID:
+    """A subscription's negotiated copy of a plan: one per (plan, subscription external_id)."""
+    return _id("plan_override", organization_id, parent_id, subscription_external_id)
+
+
+def charge_id(plan_id: UUID, code: str) -> UUID:
+    """A plan's charge, by its code: the same charge keeps its lago_id in every version."""
+    return _id("charge", plan_id, code)
+
+
+def charge_filter_id(charge_id: UUID, values: str) -> UUID:
+    """A charge filter, by its canonical values (JSON, keys and values sorted)."""
+    return _id("charge_filter", charge_id, values)
+
+
+def minimum_commitment_id(plan_id: UUID) -> UUID:
+    return _id("minimum_commitment", plan_id)
+
+
+def usage_threshold_id(plan_id: UUID, amount_cents: int, recurring: bool) -> UUID:
+    return _id("usage_threshold", plan_id, str(amount_cents), str(recurring).lower())
+
+
 def tax_id(organization_id: UUID, code: str) -> UUID:
     return _id("tax", organization_id, code)
 
@@ -36,3 +59,10 @@ def subscription_id(organization_id: UUID, external_id: str) -> UUID:
 
 def api_key_index_id(key_hash: str) -> UUID:
     return _id("api_key", key_hash)
+
+
+def usage_event_id(
+    organization_id: UUID, external_subscription_id: str, transaction_id: str
+) -> UUID:
+    """The lago_id of a usage event: its dedup key, hashed."""
+    return _id("usage_event", organization_id, external_subscription_id, transaction_id)
