@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -41,6 +41,7 @@ class BillingBase(Application[UUID]):
     ) -> None:
         """index_view builds the resource index on this application's store (default: memory)."""
         super().__init__(env)
+        self.now: Callable[[], datetime] = lambda: datetime.now(UTC)  # Tests set a clock.
         view = index_view(self.factory) if index_view else MemoryIndexView()
         self.index = ResourceIndexProjection(view=view)
         self.catch_up = CatchUp(self, self.index)
@@ -56,15 +57,8 @@ class BillingBase(Application[UUID]):
 
     def _command(self, resource: str, key: object, decide: Callable[[], A]) -> A:
         """Load, let the aggregate decide, save; on a concurrent write reload and decide again."""
-        for _ in range(COMMAND_RETRIES_MAX):
-            aggregate = decide()
-            try:
-                self.save(aggregate)
-            except IntegrityError:
-                continue  # Another request created or changed it first.
-            self.catch_up()
-            return aggregate
-        raise ConcurrencyConflictError(resource, key)
+        aggregate: A = self._command_many(resource, key, lambda: [decide()])[0]
+        return aggregate
 
     def _create_new(self, aggregate: A, field: str, value: object) -> A:
         """Save a new aggregate; its natural-key id makes a repeated or racing create collide."""
@@ -74,6 +68,35 @@ class BillingBase(Application[UUID]):
             raise AlreadyExistsError(field, value) from None
         self.catch_up()
         return aggregate
+
+    def _command_many(
+        self, resource: str, key: object, decide: Callable[[], list[Any]]
+    ) -> list[Any]:
+        """Like _command, for a decision that changes several aggregates in one transaction."""
+        for _ in range(COMMAND_RETRIES_MAX):
+            aggregates = decide()
+            try:
+                self.save(*aggregates)
+            except IntegrityError:
+                continue
+            self.catch_up()
+            return aggregates
+        raise ConcurrencyConflictError(resource, key)
+
+    def _all(
+        self, cls: type[A], kind: str, organization_id: UUID, parent_key: str | None = None
+    ) -> list[A]:
+        """Every indexed resource of a kind (newest first), for filters the index cannot apply."""
+        self.catch_up()
+        aggregate_ids, _ = self.index.view.page(
+            organization_id, kind, 1, 10**9, parent_key=parent_key
+        )
+        loaded: list[A] = []
+        for aggregate_id in aggregate_ids:
+            aggregate: BaseAggregate[UUID] = self.repository.get(aggregate_id)
+            assert isinstance(aggregate, cls), aggregate
+            loaded.append(aggregate)
+        return loaded
 
     def _get(
         self,
