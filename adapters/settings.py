@@ -2,9 +2,11 @@
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from domain.limits import EVENTS_BATCH_MAX, EVENTS_BATCH_MAX_LIMIT
 
 DEFAULT_SQLITE_PATH = Path(".tally/tally.db")
 
@@ -20,11 +22,21 @@ class Settings:
     eventsourcing_env: Mapping[str, str]
     sqlite_path: Path | None = None
     postgres_schema: str | None = None
+    events_batch_max: int = EVENTS_BATCH_MAX
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
-    return parse_database_url(environ.get("TALLY_DATABASE_URL", ""))
+    settings = parse_database_url(environ.get("TALLY_DATABASE_URL", ""))
+    batch_max = environ.get("TALLY_EVENTS_BATCH_MAX", "").strip()
+    if batch_max:
+        if not batch_max.isdigit() or not 1 <= int(batch_max) <= EVENTS_BATCH_MAX_LIMIT:
+            raise SettingsError(
+                f"TALLY_EVENTS_BATCH_MAX={batch_max!r}: a whole number from 1 to "
+                f"{EVENTS_BATCH_MAX_LIMIT}."
+            )
+        settings = replace(settings, events_batch_max=int(batch_max))
+    return settings
 
 
 def parse_database_url(url: str) -> Settings:

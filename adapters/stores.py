@@ -1,6 +1,6 @@
 """Composition of the ledger on one store: the application, its views and side tables."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory
@@ -13,11 +13,17 @@ from adapters.idempotency import (
     SQLiteIdempotencyStore,
 )
 from adapters.settings import Settings
+from adapters.usage_postgres import PostgresUsageLog
+from adapters.usage_sqlite import SQLiteUsageLog
 from adapters.views_postgres import PostgresIndexView
 from adapters.views_sqlite import SQLiteIndexView
 from application.billing import Billing
+from application.current_usage import UsageQueries
+from application.metering import Metering
 from application.ports import IdempotencyStore
 from application.projections import IndexView, MemoryIndexView
+from application.rating import Rating
+from application.usage_log import MemoryUsageLog, UsageLog
 
 
 @dataclass
@@ -27,6 +33,15 @@ class Ledger:
     billing: Billing
     idempotency: IdempotencyStore
     settings: Settings
+    usage: UsageLog
+    metering: Metering = field(init=False)
+    rating: Rating = field(init=False)
+    usage_queries: UsageQueries = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metering = Metering(self.billing, self.usage, batch_max=self.settings.events_batch_max)
+        self.rating = Rating(self.billing, self.usage)
+        self.usage_queries = UsageQueries(self.billing, self.rating)
 
     def close(self) -> None:
         self.billing.close()
@@ -39,14 +54,18 @@ def open_ledger(settings: Settings) -> Ledger:
     billing = Billing(env=dict(settings.eventsourcing_env), index_view=_index_view)
     factory = billing.factory
     idempotency: IdempotencyStore
+    usage: UsageLog
     if isinstance(factory, SQLiteFactory):
         idempotency = SQLiteIdempotencyStore(factory.datastore)
+        usage = SQLiteUsageLog(factory.datastore)
     elif isinstance(factory, PostgresFactory):
         idempotency = PostgresIdempotencyStore(factory.datastore)
+        usage = PostgresUsageLog(factory.datastore)
     else:
         idempotency = MemoryIdempotencyStore()
+        usage = MemoryUsageLog()
     billing.catch_up()
-    return Ledger(billing, idempotency, settings)
+    return Ledger(billing, idempotency, settings, usage)
 
 
 def _index_view(factory: InfrastructureFactory[Any]) -> IndexView:

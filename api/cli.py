@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("name", help="the organization's unique name")
     create.set_defaults(run=org_create_command)
+
+    usage = commands.add_parser("usage", help="maintain the usage log")
+    usage_commands = usage.add_subparsers(title="usage commands")
+    rebuild = usage_commands.add_parser(
+        "rebuild-rollups", help="recompute every usage rollup from the log; prints the row count"
+    )
+    rebuild.set_defaults(run=usage_rebuild_rollups_command)
     return parser
 
 
@@ -92,6 +99,16 @@ def org_create_command(args: argparse.Namespace) -> int:
         ledger.close()
     print(f"Created organization '{organization.name}' ({organization.id}). API key:")
     print(api_key)
+    return 0
+
+
+def usage_rebuild_rollups_command(args: argparse.Namespace) -> int:
+    ledger = open_ledger(settings_from_env())
+    try:
+        rows = ledger.usage.rebuild_rollups()
+    finally:
+        ledger.close()
+    print(f"Rebuilt {rows} usage rollup rows.")
     return 0
 
 

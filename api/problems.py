@@ -23,6 +23,7 @@ from application.errors import (
     IdempotencyKeyReusedError,
     NotFoundError,
 )
+from application.metering import BatchSizeError, EventRejectedError
 from domain.errors import InvalidValueError, NotAllowedError
 
 logger = logging.getLogger("tally.api")
@@ -142,6 +143,13 @@ PROBLEMS: Final[dict[type[Exception], Callable[[Any], Response[dict[str, Any]]]]
     RequestBodyError: lambda e: _validation(e.field, e.reason, str(e)),
     BadQueryError: lambda e: _validation(e.field, e.reason, str(e)),
     NotAllowedError: lambda e: problem(405, str(e), e.code),
+    EventRejectedError: lambda e: problem(
+        422,
+        str(e),
+        "validation_errors",
+        {e.field: [e.reason]} if e.index is None else {str(e.index): {e.field: [e.reason]}},
+    ),
+    BatchSizeError: lambda e: _validation("events", e.reason, str(e)),
     IdempotencyKeyReusedError: lambda e: _validation(
         "idempotency_key", "value_already_exist", str(e)
     ),

@@ -8,8 +8,10 @@ AMOUNT_CENTS_MAX: Final = 10**12 * 100
 DECIMAL_PLACES_MAX: Final = 15
 # Integer digits of any decimal we accept; together with the places this fits NUMERIC(40, 15).
 DECIMAL_DIGITS_MAX: Final = 24
-# Lago's default batch size; a setting raises it (TALLY_EVENTS_BATCH_MAX).
+# Lago's default batch size; a setting changes it (TALLY_EVENTS_BATCH_MAX), up to the limit, which
+# keeps one batch's transaction short (rollup rows stay locked for milliseconds, not seconds).
 EVENTS_BATCH_MAX: Final = 100
+EVENTS_BATCH_MAX_LIMIT: Final = 10_000
 # Lago's external ids and codes are strings; 255 is its column width.
 KEY_LENGTH_MAX: Final = 255
 # Free text (names, addresses): long enough for legal names, short enough to keep events small.

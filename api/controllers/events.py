@@ -1,0 +1,177 @@
+"""Lago's events resource: usage ingestion, one event or a batch, and reading them back."""
+
+from typing import Any
+from uuid import UUID
+
+from litestar import Controller, Request, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery
+
+from api.http import (
+    Envelope,
+    Input,
+    Output,
+    PaginationMeta,
+    decode_body,
+    iso,
+    iso_ms,
+    meta,
+    pagination,
+    parse_instant,
+)
+from application.metering import EventInput, Metering
+from application.usage_log import StoredUsage
+from domain import ids
+
+
+class EventBody(Input):
+    transaction_id: str | None = None
+    external_subscription_id: str | None = None
+    code: str | None = None
+    # Any: a JSON integer stays an int and a fraction becomes a Decimal from its text (never a
+    # float); strings pass as sent. domain.usage.parse_timestamp decides what is valid.
+    timestamp: Any = None
+    properties: dict[str, Any] | None = None
+    precise_total_amount_cents: Any = None
+    # The SDK's Event model also carries these; Lago ignores them on ingest.
+    external_customer_id: str | None = None
+
+
+class EventRequest(Envelope):
+    event: EventBody
+
+
+class EventsBatchRequest(Envelope):
+    events: list[EventBody]
+
+
+class EventObject(Output):
+    lago_id: UUID
+    transaction_id: str
+    lago_customer_id: UUID | None
+    lago_subscription_id: UUID
+    external_subscription_id: str
+    code: str
+    timestamp: str
+    properties: dict[str, str]
+    precise_total_amount_cents: str | None
+    created_at: str
+
+
+class EventResponse(Output):
+    event: EventObject
+
+
+class EventsResponse(Output):
+    events: list[EventObject]
+
+
+class EventsPageResponse(Output):
+    events: list[EventObject]
+    meta: PaginationMeta
+
+
+def event_object(stored: StoredUsage) -> EventObject:
+    event = stored.event
+    amount = event.precise_total_amount_cents
+    return EventObject(
+        lago_id=ids.usage_event_id(
+            event.organization_id, event.external_subscription_id, event.transaction_id
+        ),
+        transaction_id=event.transaction_id,
+        lago_customer_id=None,
+        lago_subscription_id=ids.subscription_id(
+            event.organization_id, event.external_subscription_id
+        ),
+        external_subscription_id=event.external_subscription_id,
+        code=event.code,
+        timestamp=iso_ms(event.timestamp),
+        properties=dict(event.properties),
+        precise_total_amount_cents=None if amount is None else format(amount, "f"),
+        created_at=iso(stored.received_at) or "",
+    )
+
+
+def _input(body: EventBody) -> EventInput:
+    return EventInput(
+        transaction_id=body.transaction_id,
+        external_subscription_id=body.external_subscription_id,
+        code=body.code,
+        timestamp=body.timestamp,
+        properties=body.properties,
+        precise_total_amount_cents=body.precise_total_amount_cents,
+    )
+
+
+def provide_metering(request: Request[Any, Any, Any]) -> Metering:
+    metering: Metering = request.app.state.ledger.metering
+    return metering
+
+
+class EventController(Controller):
+    path = "/events"
+    tags = ("Events",)
+    dependencies = {"metering": Provide(provide_metering, sync_to_thread=False)}  # noqa: RUF012
+
+    @post(operation_id="createEvent", status_code=200, sync_to_thread=True)
+    def create(
+        self,
+        raw_body: NamedDependency[bytes],
+        metering: NamedDependency[Metering],
+        organization_id: NamedDependency[UUID],
+    ) -> EventResponse:
+        """Record one usage event; an identical re-send is accepted and counted once."""
+        body = decode_body(raw_body, EventRequest, "event").event
+        [stored] = metering.ingest(organization_id, [_input(body)], batch=False)
+        return EventResponse(event=event_object(stored))
+
+    @post("/batch", operation_id="createBatchEvents", status_code=200, sync_to_thread=True)
+    def create_batch(
+        self,
+        raw_body: NamedDependency[bytes],
+        metering: NamedDependency[Metering],
+        organization_id: NamedDependency[UUID],
+    ) -> EventsResponse:
+        """Record up to the batch maximum of events, all or nothing."""
+        body = decode_body(raw_body, EventsBatchRequest, "events")
+        stored = metering.ingest(organization_id, [_input(e) for e in body.events], batch=True)
+        return EventsResponse(events=[event_object(s) for s in stored])
+
+    @get("/{transaction_id:str}", operation_id="findEvent", sync_to_thread=True)
+    def find(
+        self,
+        transaction_id: FromPath[str],
+        metering: NamedDependency[Metering],
+        organization_id: NamedDependency[UUID],
+        external_subscription_id: FromQuery[str | None] = None,
+    ) -> EventResponse:
+        """An event by transaction_id; external_subscription_id disambiguates (Tally)."""
+        stored = metering.event(organization_id, transaction_id, external_subscription_id)
+        return EventResponse(event=event_object(stored))
+
+    @get(operation_id="findAllEvents", sync_to_thread=True)
+    def find_all(
+        self,
+        metering: NamedDependency[Metering],
+        organization_id: NamedDependency[UUID],
+        page: FromQuery[int | None] = None,
+        per_page: FromQuery[int | None] = None,
+        external_subscription_id: FromQuery[str | None] = None,
+        code: FromQuery[str | None] = None,
+        timestamp_from: FromQuery[str | None] = None,
+        timestamp_to: FromQuery[str | None] = None,
+    ) -> EventsPageResponse:
+        """Events newest first, filtered by subscription, code and time."""
+        page, per_page = pagination(page, per_page)
+        events, total = metering.usage.page(
+            organization_id,
+            page,
+            per_page,
+            external_subscription_id=external_subscription_id,
+            code=code,
+            timestamp_from=parse_instant(timestamp_from, "timestamp_from"),
+            timestamp_to=parse_instant(timestamp_to, "timestamp_to"),
+        )
+        return EventsPageResponse(
+            events=[event_object(e) for e in events], meta=meta(page, per_page, total)
+        )

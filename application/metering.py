@@ -1,0 +1,225 @@
+"""Metering: validate usage events synchronously and append them to the usage log.
+
+Unlike Lago, nothing invalid is accepted silently (billing-semantics §2.3, D7): an unknown code,
+a subscription that does not cover the timestamp, a missing or non-numeric aggregation field or
+an undeclared filter value is a 422 naming the event and the field. A batch is all or nothing.
+"""
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from application.base import BillingBase
+from application.errors import ApplicationError, NotFoundError, TransactionIdConflictError
+from application.usage_log import StoredUsage, UsageLog
+from domain import ids
+from domain.billable_metric import BillableMetric
+from domain.charges import pricing_group_keys
+from domain.errors import InvalidValueError
+from domain.limits import EVENTS_BATCH_MAX, KEY_LENGTH_MAX
+from domain.subscription import Subscription
+from domain.usage import (
+    UsageEvent,
+    check_filter_values,
+    check_not_in_future,
+    dimension_key,
+    metric_value,
+    normalise_properties,
+    parse_precise_total_amount_cents,
+    parse_timestamp,
+    payload_fingerprint,
+)
+
+
+@dataclass(frozen=True)
+class EventInput:
+    """One event as the API decoded it; nothing is validated yet."""
+
+    transaction_id: str | None
+    external_subscription_id: str | None
+    code: str | None
+    timestamp: str | int | Decimal | None
+    properties: Mapping[str, Any] | None
+    precise_total_amount_cents: str | int | Decimal | None
+
+
+class EventRejectedError(ApplicationError):
+    """An event failed validation; `index` is its position in a batch (None for a single one)."""
+
+    def __init__(self, index: int | None, field: str, reason: str, detail: str) -> None:
+        where = "The event" if index is None else f"Event {index}"
+        super().__init__(f"{where}: {detail}")
+        self.index = index
+        self.field = field
+        self.reason = reason
+
+
+class BatchSizeError(ApplicationError):
+    def __init__(self, reason: str, size: int, maximum: int) -> None:
+        super().__init__(f"A batch holds 1 to {maximum} events, not {size}.")
+        self.reason = reason
+
+
+class Metering:
+    def __init__(
+        self,
+        billing: BillingBase,
+        usage: UsageLog,
+        *,
+        batch_max: int = EVENTS_BATCH_MAX,
+    ) -> None:
+        self.billing = billing
+        self.usage = usage
+        self.batch_max = batch_max
+
+    def ingest(
+        self, organization_id: UUID, events: Sequence[EventInput], *, batch: bool
+    ) -> list[StoredUsage]:
+        """Validate every event, then append them all in one transaction (or none).
+
+        Returns the stored records in input order; an identical re-send returns the record
+        stored first, counted once.
+        """
+        if batch and not events:
+            raise BatchSizeError("no_events", 0, self.batch_max)
+        if batch and len(events) > self.batch_max:
+            raise BatchSizeError("too_many_events", len(events), self.batch_max)
+        received_at = self.billing.now().astimezone(UTC)
+        context = _Context(self.billing, organization_id)
+        records = []
+        for position, event in enumerate(events):
+            index = position if batch else None
+            try:
+                records.append(context.record(event, received_at))
+            except InvalidValueError as error:
+                raise EventRejectedError(index, error.field, error.reason, str(error)) from None
+        try:
+            return self.usage.append(records)
+        except TransactionIdConflictError as error:
+            raise EventRejectedError(
+                error.index if batch else None,
+                "transaction_id",
+                "value_already_exist",
+                str(error),
+            ) from None
+
+    def event(
+        self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
+    ) -> StoredUsage:
+        found = self.usage.find(organization_id, transaction_id, external_subscription_id)
+        if found is None:
+            raise NotFoundError("event", transaction_id)
+        return found
+
+
+class _Context:
+    """What validating one request needs, loaded once per subscription and metric."""
+
+    def __init__(self, billing: BillingBase, organization_id: UUID) -> None:
+        self.billing = billing
+        self.organization_id = organization_id
+        self.subscriptions: dict[str, Subscription | None] = {}
+        self.metrics: dict[str, BillableMetric | None] = {}
+        self.group_keys: dict[tuple[UUID, int, str], tuple[str, ...]] = {}
+
+    def record(self, event: EventInput, received_at: datetime) -> StoredUsage:
+        transaction_id = _required(event.transaction_id, "transaction_id")
+        external_subscription_id = _required(
+            event.external_subscription_id, "external_subscription_id"
+        )
+        code = _required(event.code, "code")
+        timestamp = parse_timestamp(event.timestamp, received_at)
+        check_not_in_future(timestamp, received_at)
+        properties = normalise_properties(event.properties)
+        precise = parse_precise_total_amount_cents(event.precise_total_amount_cents)
+        metric = self._metric(code)
+        subscription = self._subscription(external_subscription_id)
+        if not subscription.is_active_at(timestamp):
+            raise InvalidValueError("timestamp", "subscription_not_active", timestamp.isoformat())
+        definition = metric.definition
+        value = metric_value(properties, metric.aggregation_type, metric.field_name)
+        check_filter_values(properties, {f["key"]: f["values"] for f in definition["filters"]})
+        keys = (*metric.filter_keys, *self._group_keys(subscription, timestamp, code))
+        usage_event = UsageEvent(
+            organization_id=self.organization_id,
+            external_subscription_id=external_subscription_id,
+            transaction_id=transaction_id,
+            code=code,
+            timestamp=timestamp,
+            properties=properties,
+            precise_total_amount_cents=precise,
+            timestamp_given=event.timestamp is not None,
+        )
+        return StoredUsage(
+            event=usage_event,
+            value=value if isinstance(value, Decimal) else None,
+            dimensions=dimension_key(properties, keys),
+            fingerprint=payload_fingerprint(usage_event),
+            received_at=received_at,
+        )
+
+    def _metric(self, code: str) -> BillableMetric:
+        if code not in self.metrics:
+            try:
+                metric: BillableMetric = self.billing.repository.get(
+                    ids.billable_metric_id(self.organization_id, code)
+                )
+            except AggregateNotFoundError:
+                self.metrics[code] = None
+            else:
+                self.metrics[code] = None if metric.deleted else metric
+        found = self.metrics[code]
+        if found is None:
+            raise InvalidValueError("code", "metric_not_found", code)
+        return found
+
+    def _subscription(self, external_id: str) -> Subscription:
+        if external_id not in self.subscriptions:
+            try:
+                subscription: Subscription = self.billing.repository.get(
+                    ids.subscription_id(self.organization_id, external_id)
+                )
+            except AggregateNotFoundError:
+                self.subscriptions[external_id] = None
+            else:
+                self.subscriptions[external_id] = subscription
+        found = self.subscriptions[external_id]
+        if found is None:
+            raise InvalidValueError(
+                "external_subscription_id", "subscription_not_found", external_id
+            )
+        return found
+
+    def _group_keys(self, subscription: Subscription, at: datetime, code: str) -> tuple[str, ...]:
+        """The pricing group keys of the charges on this metric in the plan version in force."""
+        plan = subscription.plan_at(at)
+        cache_key = (plan.plan_id, plan.plan_version, code)
+        if cache_key not in self.group_keys:
+            keys: list[str] = []
+            definition = _plan_definition(self.billing, plan.plan_id, plan.plan_version)
+            for charge in definition.get("charges", []):
+                if charge["billable_metric_code"] == code:
+                    keys.extend(pricing_group_keys(charge["properties"]))
+                    for charge_filter in charge.get("filters", []):
+                        keys.extend(pricing_group_keys(charge_filter["properties"]))
+            self.group_keys[cache_key] = tuple(dict.fromkeys(keys))
+        return self.group_keys[cache_key]
+
+
+def _plan_definition(billing: BillingBase, plan_id: UUID, version: int) -> dict[str, Any]:
+    plan: Any = billing.repository.get(plan_id)  # domain.plan.Plan
+    definition: dict[str, Any] = plan.definition(version)
+    return definition
+
+
+def _required(value: str | None, field: str) -> str:
+    if value is None or value == "":
+        raise InvalidValueError(field, "value_is_mandatory", value)
+    if not isinstance(value, str) or len(value) > KEY_LENGTH_MAX:
+        raise InvalidValueError(field, "value_is_invalid", value)
+    return value
