@@ -19,6 +19,7 @@ from adapters.views_postgres import PostgresIndexView
 from adapters.views_sqlite import SQLiteIndexView
 from application.billing import Billing
 from application.current_usage import UsageQueries
+from application.invoicing import Invoicing
 from application.metering import Metering
 from application.ports import IdempotencyStore
 from application.projections import IndexView, MemoryIndexView
@@ -37,11 +38,13 @@ class Ledger:
     metering: Metering = field(init=False)
     rating: Rating = field(init=False)
     usage_queries: UsageQueries = field(init=False)
+    invoicing: Invoicing = field(init=False)
 
     def __post_init__(self) -> None:
         self.metering = Metering(self.billing, self.usage, batch_max=self.settings.events_batch_max)
         self.rating = Rating(self.billing, self.usage)
         self.usage_queries = UsageQueries(self.billing, self.rating)
+        self.invoicing = Invoicing(self.billing, self.usage, self.rating)
 
     def close(self) -> None:
         self.billing.close()

@@ -58,6 +58,16 @@ class PostgresIndexView(PostgresTrackingRecorder, IndexView):
             )
             self._insert_tracking(curs, tracking)
 
+    def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT aggregate_id FROM {0} WHERE kind = %s ORDER BY created_at, aggregate_id"
+                ).format(self.table),
+                (kind,),
+            )
+            return [row["aggregate_id"] for row in curs.fetchall()]
+
     def page(
         self,
         organization_id: UUID,

@@ -49,6 +49,15 @@ class SQLiteIndexView(SQLiteTrackingRecorder, IndexView):
             )
             self._insert_tracking(c, tracking)
 
+    def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT aggregate_id FROM resource_index WHERE kind = ? "
+                "ORDER BY created_at, aggregate_id",
+                (kind,),
+            )
+            return [UUID(row[0]) for row in c.fetchall()]
+
     def page(
         self,
         organization_id: UUID,

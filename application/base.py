@@ -2,13 +2,18 @@
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import BaseAggregate, DomainEventProtocol
-from eventsourcing.persistence import InfrastructureFactory, IntegrityError
+from eventsourcing.persistence import (
+    InfrastructureFactory,
+    IntegrityError,
+    JSONTranscoder,
+    Transcoding,
+)
 
 from application.errors import AlreadyExistsError, ConcurrencyConflictError, NotFoundError
 from application.projections import CatchUp, IndexView, MemoryIndexView, ResourceIndexProjection
@@ -26,6 +31,19 @@ class HistoryEntry:
     type: str
     recorded_at: datetime
     changes: dict[str, Any]
+
+
+class DateAsISO(Transcoding):
+    """Local calendar dates (issuing dates) as ISO strings."""
+
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
 
 
 class BillingBase(Application[UUID]):
@@ -46,6 +64,10 @@ class BillingBase(Application[UUID]):
         self.index = ResourceIndexProjection(view=view)
         self.catch_up = CatchUp(self, self.index)
         self._organization_by_key_hash: dict[str, UUID] = {}
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        transcoder.register(DateAsISO())
 
     # Health.
 

@@ -52,6 +52,11 @@ class Billing(SubscriptionCommands, PlanCommands, CatalogCommands, BillingBase):
             NotFoundError("organization", organization_id),
         )
 
+    def organization_ids(self) -> list[UUID]:
+        """Every organization (the billing run visits them all); each indexes itself."""
+        self.catch_up()
+        return self.index.view.aggregate_ids_of_kind("organization")
+
     def find_organization(self, name: str) -> Organization | None:
         try:
             organization: Organization = self.repository.get(ids.organization_id(name))

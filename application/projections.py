@@ -19,6 +19,8 @@ from eventsourcing.utils import get_topic
 from application.ports import IndexEntry
 from domain.billable_metric import BillableMetric
 from domain.customer import Customer
+from domain.invoice import Invoice
+from domain.organization import Organization
 from domain.plan import Plan
 from domain.subscription import Subscription
 from domain.tax import Tax
@@ -33,6 +35,10 @@ class IndexView(TrackingRecorder, ABC):
 
     @abstractmethod
     def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None: ...
+
+    @abstractmethod
+    def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
+        """Every resource of a kind, in all organizations, oldest first."""
 
     @abstractmethod
     def page(
@@ -76,6 +82,12 @@ class MemoryIndexView(POPOTrackingRecorder, IndexView):
             )
             self._insert_tracking(tracking)
 
+    def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
+        with self._database_lock:
+            rows = [e for e in self._entries.values() if e.kind == kind]
+        rows.sort(key=lambda e: (e.created_at, e.aggregate_id.int))
+        return [e.aggregate_id for e in rows]
+
     def page(
         self,
         organization_id: UUID,
@@ -108,6 +120,8 @@ INDEXED: dict[type[Any], tuple[str, str, str | None, str]] = {
     # Plan.OverrideCreated is left out: a subscription's copy is not in the catalog.
     Plan.Created: ("plan", "code", None, "active"),
     Subscription.Created: ("subscription", "external_id", "external_customer_id", "active"),
+    Organization.Created: ("organization", "name", None, "active"),
+    Invoice.Created: ("invoice", "originator_id", "external_customer_id", "draft"),
 }
 # Events that change a resource's status in the index.
 STATUSES: dict[type[Any], str] = {
@@ -115,6 +129,8 @@ STATUSES: dict[type[Any], str] = {
     Customer.Recreated: "active",
     Tax.Deleted: "deleted",
     BillableMetric.Deleted: "deleted",
+    Invoice.Finalized: "finalized",
+    Invoice.Voided: "voided",
     Plan.Deleted: "deleted",  # Only catalog plans are deleted (Plan.delete).
 }
 
@@ -128,16 +144,19 @@ class ResourceIndexProjection(Projection[IndexView]):
             kind, key, parent, status = INDEXED[type(domain_event)]
             entry = IndexEntry(
                 kind=kind,
-                organization_id=domain_event.organization_id,
+                # An organization indexes itself.
+                organization_id=getattr(
+                    domain_event, "organization_id", domain_event.originator_id
+                ),
                 aggregate_id=domain_event.originator_id,
-                key=getattr(domain_event, key),
+                key=str(getattr(domain_event, key)),
                 parent_key=getattr(domain_event, parent) if parent else None,
-                status=getattr(domain_event, "status", status),
+                status=status,
                 created_at=domain_event.timestamp,
             )
             self.view.insert_entry(entry, tracking)
         elif type(domain_event) in STATUSES:
-            status = getattr(domain_event, "status", None) or STATUSES[type(domain_event)]
+            status = STATUSES[type(domain_event)]
             self.view.set_status(domain_event.originator_id, status, tracking)
         else:
             self.view.insert_tracking(tracking)  # An event we ignore still advances the position.

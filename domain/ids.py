@@ -66,3 +66,12 @@ def usage_event_id(
 ) -> UUID:
     """The lago_id of a usage event: its dedup key, hashed."""
     return _id("usage_event", organization_id, external_subscription_id, transaction_id)
+
+
+def sequence_id(organization_id: UUID, series: str) -> UUID:
+    return _id("sequence", organization_id, series)
+
+
+def invoice_id(organization_id: UUID, *key: str) -> UUID:
+    """One invoice per (customer or subscription, boundary, reason): a rerun collides."""
+    return _id("invoice", organization_id, *key)

@@ -113,3 +113,10 @@ def allocate_cents(total_cents: int, weights: Sequence[int]) -> list[int]:
     for i in by_remainder[: total_cents - sum(parts)]:
         parts[i] += 1
     return parts
+
+
+def display_quotient(numerator: Decimal | int, denominator: Decimal | int) -> Decimal:
+    """numerator / denominator to DECIMAL_PLACES_MAX places, half-up: for display, never summed."""
+    value = Fraction(Decimal(numerator)) / Fraction(Decimal(denominator))
+    scaled = round_half_up(value * 10**DECIMAL_PLACES_MAX)
+    return Decimal(scaled).scaleb(-DECIMAL_PLACES_MAX, EXACT).normalize(EXACT) + 0

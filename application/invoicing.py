@@ -1,0 +1,748 @@
+"""The billing run and invoice commands: one invoice per customer, currency and boundary.
+
+At each boundary (a period end in the customer's time zone) a customer's subscriptions with
+something to bill go on one invoice (Lago's consolidate_invoice): base fees in arrears or in
+advance, the closing charges period's usage, minimum true-ups, and adjustments for late usage
+of periods already invoiced. An invoice covers exactly the usage events with a sequence at or
+below its watermark, read from the raw log, so the audit recomputes it with the same inputs.
+Its id derives from (customer, currency, boundary): running twice, or concurrently, collides.
+"""
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from application.billing import Billing
+from application.errors import ConcurrencyConflictError, NotFoundError
+from application.rating import Rating
+from application.usage_log import UsageLog
+from domain import ids
+from domain.charges import charge_minimum_true_up_cents, minimum_commitment_true_up_cents
+from domain.customer import Customer
+from domain.invoice import Invoice, NumberSequence, document_prefix, invoice_number
+from domain.invoicing import (
+    FeeLine,
+    charge_fee_line,
+    period_key,
+    subscription_fee,
+    true_up_line,
+)
+from domain.limits import COMMAND_RETRIES_MAX
+from domain.money import CURRENCY_EXPONENTS
+from domain.organization import Organization
+from domain.periods import BillingSchedule, Period, local_date
+from domain.subscription import Phase, Subscription
+from domain.taxes import applicable_tax_codes
+
+INVOICE_SERIES = "invoice"
+
+
+@dataclass
+class _Draft:
+    """What one boundary bills for one customer, before it becomes an Invoice."""
+
+    customer: Customer
+    currency: str
+    boundary: datetime
+    billing_periods: list[dict[str, Any]] = field(default_factory=list)
+    fees: list[FeeLine] = field(default_factory=list)
+    subscriptions: set[str] = field(default_factory=set)
+    issued: Invoice | None = None
+    own_subscription: str | None = None  # Set for a subscription billed apart (backdated).
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    invoice_id: UUID
+    matches: bool
+    differences: list[dict[str, Any]]
+    recomputed: list[FeeLine]
+    stored: list[FeeLine]
+    content_hash: str
+    watermark: int
+    plan_versions: list[dict[str, Any]]
+
+
+class Invoicing:
+    def __init__(self, billing: Billing, usage: UsageLog, rating: Rating) -> None:
+        self.billing = billing
+        self.usage = usage
+        self.rating = rating
+
+    # The billing run.
+
+    def run(self, now: datetime, organization_id: UUID | None = None) -> list[Invoice]:
+        """Bill every boundary up to now, for every customer; safe to repeat or race."""
+        organizations = [organization_id] if organization_id else self.billing.organization_ids()
+        invoices: list[Invoice] = []
+        for org in organizations:
+            subscriptions = self.billing._all(Subscription, "subscription", org)
+            by_customer: dict[str, list[Subscription]] = defaultdict(list)
+            for subscription in subscriptions:
+                if subscription.canceled_at is None and subscription.subscription_at <= now:
+                    by_customer[subscription.external_customer_id].append(subscription)
+            for external_customer_id, customer_subscriptions in sorted(by_customer.items()):
+                invoices.extend(
+                    self.bill_customer(org, external_customer_id, customer_subscriptions, now)
+                )
+        return invoices
+
+    def bill_customer(
+        self,
+        organization_id: UUID,
+        external_customer_id: str,
+        subscriptions: list[Subscription],
+        now: datetime,
+    ) -> list[Invoice]:
+        customer: Customer = self.billing.repository.get(
+            ids.customer_id(organization_id, external_customer_id)
+        )
+        watermark = self.usage.watermark()
+        boundaries: set[datetime] = set()
+        for subscription in subscriptions:
+            boundaries.update(b for b in _boundaries(subscription, now, self._plan) if b <= now)
+        invoices = []
+        previous_watermark: dict[str, int] = {}
+        for boundary in sorted(boundaries):
+            drafts: dict[tuple[str, str | None], _Draft] = {}
+            for subscription in subscriptions:
+                plan = subscription.phase_at(boundary - timedelta(microseconds=1)).plan
+                key: tuple[str, str | None] = (plan.amount_currency, None)
+                issued = self._draft_for(organization_id, drafts, key, customer, boundary).issued
+                if issued is not None and subscription.external_id not in _billed(issued):
+                    # Backdated after the consolidated invoice was final: an invoice of its own.
+                    key = (plan.amount_currency, subscription.external_id)
+                draft = self._draft_for(organization_id, drafts, key, customer, boundary)
+                if draft.issued is None:
+                    self._bill_boundary(
+                        draft, subscription, boundary, watermark, previous_watermark
+                    )
+            for draft in drafts.values():
+                invoice = draft.issued
+                if invoice is None and draft.billing_periods:
+                    invoice = self._issue(organization_id, draft, watermark, now)
+                if invoice is not None:
+                    invoices.append(invoice)
+                    for period in invoice.billing_periods:
+                        previous_watermark[period["external_subscription_id"]] = invoice.watermark
+        return invoices
+
+    def _draft_for(
+        self,
+        organization_id: UUID,
+        drafts: dict[tuple[str, str | None], "_Draft"],
+        key: tuple[str, str | None],
+        customer: Customer,
+        boundary: datetime,
+    ) -> "_Draft":
+        if key not in drafts:
+            draft = _Draft(customer, key[0], boundary, own_subscription=key[1])
+            draft.issued = self._issued(organization_id, draft)
+            drafts[key] = draft
+        return drafts[key]
+
+    def _invoice_id(self, organization_id: UUID, draft: "_Draft") -> UUID:
+        key = [str(draft.customer.id), draft.currency, draft.boundary.isoformat()]
+        if draft.own_subscription is not None:
+            key.append(draft.own_subscription)
+        return ids.invoice_id(organization_id, *key)
+
+    def _issued(self, organization_id: UUID, draft: "_Draft") -> Invoice | None:
+        """The boundary's invoice if it is no longer a draft (a draft is recomputed)."""
+        try:
+            invoice: Invoice = self.billing.repository.get(self._invoice_id(organization_id, draft))
+        except AggregateNotFoundError:
+            return None
+        return None if invoice.status == "draft" else invoice
+
+    def _issue(
+        self, organization_id: UUID, draft: _Draft, watermark: int, now: datetime
+    ) -> Invoice | None:
+        """Create the boundary's invoice (finalized at once without a grace period), or refresh
+        its draft; an invoice already final is left alone."""
+        invoice_id = self._invoice_id(organization_id, draft)
+        taxes = self._taxes(organization_id)
+        fees = [taxes.apply(draft.customer, fee) for fee in draft.fees]
+        used_rates = {code: taxes.rates[code] for fee in fees for code in fee.tax_codes}
+        grace_days = _grace_period_days(draft.customer)
+        timezone = draft.customer.timezone or "UTC"
+        for _ in range(COMMAND_RETRIES_MAX):
+            try:
+                invoice: Invoice = self.billing.repository.get(invoice_id)
+            except AggregateNotFoundError:
+                invoice = Invoice.draft(
+                    invoice_id,
+                    organization_id=organization_id,
+                    customer_id=draft.customer.id,
+                    external_customer_id=draft.customer.external_id,
+                    invoice_type="subscription",
+                    currency=draft.currency,
+                    issuing_date=local_date(draft.boundary, timezone),
+                    net_payment_term=int(draft.customer.fields.get("net_payment_term") or 0),
+                    billing_periods=draft.billing_periods,
+                    fees=fees,
+                    watermark=watermark,
+                    tax_rates=used_rates,
+                )
+            else:
+                if invoice.status != "draft":
+                    return invoice
+                invoice.refresh(draft.billing_periods, fees, watermark, used_rates)
+            sequence = None
+            if now >= draft.boundary + timedelta(days=grace_days):
+                sequence = self._finalize(invoice, now, timezone, grace_days > 0)
+            try:
+                self.billing.save(invoice, sequence)
+            except IntegrityError:
+                continue  # Another run created it, or took the number: reload and decide again.
+            self.billing.catch_up()
+            return invoice
+        raise ConcurrencyConflictError("invoice", invoice_id)
+
+    def _finalize(
+        self, invoice: Invoice, now: datetime, timezone: str, on_finalization_date: bool
+    ) -> NumberSequence:
+        organization: Organization = self.billing.repository.get(invoice.organization_id)
+        try:
+            sequence: NumberSequence = self.billing.repository.get(
+                ids.sequence_id(invoice.organization_id, INVOICE_SERIES)
+            )
+        except AggregateNotFoundError:
+            sequence = NumberSequence.start(invoice.organization_id, INVOICE_SERIES)
+        value = sequence.allocate(invoice.id)
+        finalized_on = local_date(now, timezone)
+        invoice.finalize(
+            invoice_number(
+                document_prefix(organization.name, organization.id), value, finalized_on
+            ),
+            value,
+            finalized_on if on_finalization_date else invoice.issuing_date,
+        )
+        return sequence
+
+    # One subscription at one boundary.
+
+    def _bill_boundary(
+        self,
+        draft: _Draft,
+        subscription: Subscription,
+        boundary: datetime,
+        watermark: int,
+        previous_watermark: dict[str, int],
+    ) -> None:
+        external_id = subscription.external_id
+        lines: list[FeeLine] = []
+        periods: list[dict[str, Any]] = []
+        for phase, phase_end in _phases(subscription):
+            plan = self._plan(phase)
+            definition = plan.definition(phase.plan.plan_version)
+            schedule = _schedule(subscription, phase)
+            charges = schedule.charges_schedule(bool(definition.get("bill_charges_monthly")))
+            ended_at = subscription.ended_at
+            exponent = CURRENCY_EXPONENTS[definition["amount_currency"]]
+            plan_taxes = definition.get("tax_codes") or []
+            common: dict[str, Any] = {
+                "external_subscription_id": external_id,
+                "plan_id": str(phase.plan.plan_id),
+                "plan_version": phase.plan.plan_version,
+            }
+            # Charges of the charges period that closes here.
+            closing = _closing_period(charges, phase.starts_at, phase_end, boundary)
+            if closing is not None:
+                rated = self.rating.rate_charges(
+                    subscription.organization_id,
+                    external_id,
+                    definition,
+                    closing,
+                    subscription.timezone,
+                    up_to_sequence=watermark,
+                )
+                for charge in rated:
+                    charge_lines = [
+                        charge_fee_line(
+                            fee,
+                            **common,
+                            period=closing,
+                            tax_codes=charge.charge.get("tax_codes") or plan_taxes,
+                        )
+                        for fee in charge.fees
+                        if not charge.charge.get("pay_in_advance")
+                    ]
+                    lines.extend(charge_lines)
+                    minimum = charge.charge.get("min_amount_cents") or 0
+                    if minimum and charge_lines:
+                        index = charges.index_at(closing.start_at)
+                        top_up = charge_minimum_true_up_cents(
+                            sum(line.amount_cents for line in charge_lines),
+                            minimum,
+                            billed_days=charges.billed_days(index),
+                            period_days=charges.period_days(index),
+                        )
+                        if top_up:
+                            lines.append(
+                                true_up_line(
+                                    key=f"charge_minimum:{external_id}:{charge.charge['lago_id']}:"
+                                    f"{period_key(closing)}",
+                                    fee_type="charge",
+                                    cents=top_up,
+                                    **common,
+                                    period=closing,
+                                    invoice_display_name="Minimum spending true-up",
+                                    tax_codes=charge.charge.get("tax_codes") or plan_taxes,
+                                    currency_exponent=exponent,
+                                    charge_id=charge.charge["lago_id"],
+                                    charge_code=charge.charge["code"],
+                                )
+                            )
+                lines.extend(
+                    self._late_adjustments(
+                        subscription,
+                        definition,
+                        charges,
+                        phase,
+                        closing,
+                        watermark,
+                        previous_watermark.get(external_id, 0),
+                        common,
+                        plan_taxes,
+                    )
+                )
+            # The base fee: in arrears for the period closing here, in advance for the next.
+            amount_cents = definition["amount_cents"]
+            arrears = _closing_period(schedule, phase.starts_at, phase_end, boundary)
+            trial_ended_at = subscription.trial_ended_at()
+            if arrears is not None and not definition["pay_in_advance"]:
+                index = schedule.index_at(arrears.start_at)
+                lines.append(
+                    subscription_fee(
+                        **common,
+                        amount_cents=amount_cents,
+                        currency_exponent=exponent,
+                        schedule=schedule,
+                        index=index,
+                        trial_ended_at=trial_ended_at,
+                        ended_at=ended_at,
+                        invoice_display_name=definition.get("invoice_display_name"),
+                        tax_codes=plan_taxes,
+                    )
+                )
+                commitment = definition.get("minimum_commitment")
+                if commitment:
+                    fees_cents = sum(line.amount_cents for line in lines)
+                    top_up = minimum_commitment_true_up_cents(
+                        fees_cents,
+                        commitment["amount_cents"],
+                        days_covered=schedule.billed_days(index),
+                        period_days=schedule.period_days(index),
+                    )
+                    if top_up:
+                        lines.append(
+                            true_up_line(
+                                key=f"commitment:{external_id}:{period_key(arrears)}",
+                                fee_type="commitment",
+                                cents=top_up,
+                                **common,
+                                period=arrears,
+                                invoice_display_name=commitment.get("invoice_display_name")
+                                or "Minimum commitment true-up",
+                                tax_codes=commitment.get("tax_codes") or plan_taxes,
+                                currency_exponent=exponent,
+                            )
+                        )
+            starts_here = phase.starts_at <= boundary < phase_end and (
+                ended_at is None or boundary < ended_at
+            )
+            if definition["pay_in_advance"] and starts_here:
+                index = schedule.index_at(boundary)
+                if schedule.period(index).start_at == boundary:
+                    lines.append(
+                        subscription_fee(
+                            **common,
+                            amount_cents=amount_cents,
+                            currency_exponent=exponent,
+                            schedule=schedule,
+                            index=index,
+                            trial_ended_at=trial_ended_at,
+                            ended_at=None,
+                            invoice_display_name=definition.get("invoice_display_name"),
+                            tax_codes=plan_taxes,
+                        )
+                    )
+            if (
+                closing is not None
+                or arrears is not None
+                or (definition["pay_in_advance"] and starts_here)
+            ):
+                periods.append(
+                    {
+                        "external_subscription_id": external_id,
+                        "lago_subscription_id": str(subscription.id),
+                        "lago_plan_id": str(phase.plan.plan_id),
+                        "plan_version": phase.plan.plan_version,
+                        "charges_from_datetime": (closing or arrears or _empty(boundary)).start_at,
+                        "charges_to_datetime": (closing or arrears or _empty(boundary)).end_at,
+                        "invoicing_reason": _reason(subscription, phase, boundary),
+                        "boundary": boundary,
+                    }
+                )
+        if periods:
+            draft.billing_periods.extend(_jsonable(periods))
+            draft.fees.extend(lines)
+            draft.subscriptions.add(external_id)
+
+    def _late_adjustments(
+        self,
+        subscription: Subscription,
+        definition: Mapping[str, Any],
+        charges: BillingSchedule,
+        phase: Phase,
+        closing: Period,
+        watermark: int,
+        previous: int,
+        common: Mapping[str, Any],
+        plan_taxes: list[str],
+    ) -> list[FeeLine]:
+        """Usage stamped in periods already invoiced that arrived since (§8.5): the difference
+        between the period rated now and as last invoiced, positive parts only, as lines."""
+        if previous <= 0 or closing.start_at <= phase.starts_at:
+            return []
+        late_periods: set[int] = set()
+        first = _period_at(charges, phase.starts_at)
+        for charge in definition.get("charges", []):
+            for stored in self.usage.events(
+                subscription.organization_id,
+                subscription.external_id,
+                charge["billable_metric_code"],
+                first.start_at,
+                closing.start_at,
+                watermark,
+            ):
+                if stored.sequence > previous:
+                    late_periods.add(charges.index_at(stored.event.timestamp))
+        lines = []
+        for index in sorted(late_periods):
+            period = charges.period(index)
+            now = {
+                (c.charge["lago_id"], f.bucket): f
+                for c in self.rating.rate_charges(
+                    subscription.organization_id,
+                    subscription.external_id,
+                    definition,
+                    period,
+                    subscription.timezone,
+                    up_to_sequence=watermark,
+                )
+                for f in c.fees
+            }
+            before = {
+                (c.charge["lago_id"], f.bucket): f.amount_cents
+                for c in self.rating.rate_charges(
+                    subscription.organization_id,
+                    subscription.external_id,
+                    definition,
+                    period,
+                    subscription.timezone,
+                    up_to_sequence=previous,
+                )
+                for f in c.fees
+            }
+            for key, fee in sorted(now.items(), key=lambda item: item[1].bucket.sort_key()):
+                delta = fee.amount_cents - before.get(key, 0)
+                if delta > 0:
+                    charge = next(c for c in definition["charges"] if c["lago_id"] == fee.charge_id)
+                    line = charge_fee_line(
+                        fee,
+                        **common,
+                        period=period,
+                        tax_codes=charge.get("tax_codes") or plan_taxes,
+                        key_prefix="adjustment",
+                    )
+                    lines.append(
+                        _adjusted(line, delta, CURRENCY_EXPONENTS[definition["amount_currency"]])
+                    )
+        return lines
+
+    # Invoice commands and queries.
+
+    def invoice(self, organization_id: UUID, invoice_id: UUID) -> Invoice:
+        return self.billing._get(
+            Invoice, invoice_id, organization_id, NotFoundError("invoice", invoice_id)
+        )
+
+    def finalize(self, organization_id: UUID, invoice_id: UUID, now: datetime) -> Invoice:
+        for _ in range(COMMAND_RETRIES_MAX):
+            invoice = self.invoice(organization_id, invoice_id)
+            if invoice.status != "draft":
+                raise NotFoundError("invoice", invoice_id)  # Lago: only drafts are found here.
+            customer: Customer = self.billing.repository.get(invoice.customer_id)
+            sequence = self._finalize(invoice, now, customer.timezone or "UTC", True)
+            try:
+                self.billing.save(invoice, sequence)
+            except IntegrityError:
+                continue
+            self.billing.catch_up()
+            return invoice
+        raise ConcurrencyConflictError("invoice", invoice_id)
+
+    def void(self, organization_id: UUID, invoice_id: UUID, now: datetime) -> Invoice:
+        def decide() -> Invoice:
+            invoice = self.invoice(organization_id, invoice_id)
+            invoice.void(now)
+            return invoice
+
+        return self.billing._command("invoice", invoice_id, decide)
+
+    def set_payment_status(
+        self, organization_id: UUID, invoice_id: UUID, payment_status: str
+    ) -> Invoice:
+        def decide() -> Invoice:
+            invoice = self.invoice(organization_id, invoice_id)
+            invoice.set_payment_status(payment_status)
+            return invoice
+
+        return self.billing._command("invoice", invoice_id, decide)
+
+    def invoices(
+        self,
+        organization_id: UUID,
+        page: int,
+        per_page: int,
+        *,
+        external_customer_id: str | None = None,
+        statuses: tuple[str, ...] = (),
+        payment_statuses: tuple[str, ...] = (),
+    ) -> tuple[list[Invoice], int]:
+        found = self.billing._all(Invoice, "invoice", organization_id, external_customer_id)
+        matching = [
+            i
+            for i in found
+            if (not statuses or i.status in statuses)
+            and (not payment_statuses or i.payment_status in payment_statuses)
+        ]
+        start = (page - 1) * per_page
+        return matching[start : start + per_page], len(matching)
+
+    # Audit.
+
+    def audit(self, organization_id: UUID, invoice_id: UUID) -> AuditReport:
+        """Recompute the invoice from the plan versions it recorded and the raw usage log up
+        to its watermark, and compare it line by line. The tax decision is an input the
+        invoice recorded (each line's tax codes and the rates), so it is reused, not re-made."""
+        invoice = self.invoice(organization_id, invoice_id)
+        customer: Customer = self.billing.repository.get(invoice.customer_id)
+        stored = invoice.fees
+        boundary = _invoice_boundary(invoice)
+        draft = _Draft(customer, invoice.currency, boundary)
+        for external_id in sorted({p["external_subscription_id"] for p in invoice.billing_periods}):
+            subscription: Subscription = self.billing.repository.get(
+                ids.subscription_id(organization_id, external_id)
+            )
+            previous = {external_id: self._previous_watermark(invoice, subscription)}
+            self._bill_boundary(draft, subscription, boundary, invoice.watermark, previous)
+        stored_codes = {fee.key: fee.tax_codes for fee in stored}
+        recomputed = [
+            replace(fee, tax_codes=stored_codes.get(fee.key, fee.tax_codes)) for fee in draft.fees
+        ]
+        by_key = {fee.key: fee for fee in stored}
+        again = {fee.key: fee for fee in recomputed}
+        differences = []
+        for key in sorted(by_key.keys() | again.keys()):
+            before, after = by_key.get(key), again.get(key)
+            if before is None or after is None or before.as_event() != after.as_event():
+                differences.append(
+                    {
+                        "key": key,
+                        "stored": None if before is None else before.as_event(),
+                        "recomputed": None if after is None else after.as_event(),
+                    }
+                )
+        return AuditReport(
+            invoice_id=invoice.id,
+            matches=not differences,
+            differences=differences,
+            recomputed=recomputed,
+            stored=stored,
+            content_hash=content_hash(invoice),
+            watermark=invoice.watermark,
+            plan_versions=[
+                {
+                    "external_subscription_id": p["external_subscription_id"],
+                    "lago_plan_id": p["lago_plan_id"],
+                    "plan_version": p["plan_version"],
+                }
+                for p in invoice.billing_periods
+            ],
+        )
+
+    def _previous_watermark(self, invoice: Invoice, subscription: Subscription) -> int:
+        """The watermark of this subscription's invoice before this one (late-usage baseline)."""
+        boundary = _invoice_boundary(invoice)
+        best = 0
+        earlier = [b for b in _boundaries(subscription, boundary, self._plan) if b < boundary]
+        for previous_boundary in earlier:
+            previous_id = ids.invoice_id(
+                invoice.organization_id,
+                str(invoice.customer_id),
+                invoice.currency,
+                previous_boundary.isoformat(),
+            )
+            try:
+                previous: Invoice = self.billing.repository.get(previous_id)
+            except AggregateNotFoundError:
+                continue
+            best = max(best, previous.watermark)
+        return best
+
+    # Helpers.
+
+    def _plan(self, phase: Phase) -> Any:
+        return self.billing.repository.get(phase.plan.plan_id)
+
+    def _taxes(self, organization_id: UUID) -> "_Taxes":
+        taxes, _ = self.billing.taxes(organization_id, 1, 10_000)
+        return _Taxes(
+            rates={tax.code: tax.rate for tax in taxes},
+            defaults=tuple(tax.code for tax in taxes if tax.applied_to_organization),
+        )
+
+
+@dataclass(frozen=True)
+class _Taxes:
+    """The organization's tax rates and its default taxes, for one billing decision."""
+
+    rates: Mapping[str, Decimal]
+    defaults: tuple[str, ...]
+
+    def apply(self, customer: Customer, fee: FeeLine) -> FeeLine:
+        """The fee's taxes by precedence: charge or plan (already on the line), then the
+        customer's, then the organization's defaults (§9.1)."""
+        codes = applicable_tax_codes(
+            fee.tax_codes, [], customer.fields.get("tax_codes") or [], self.defaults
+        )
+        return replace(fee, tax_codes=tuple(code for code in codes if code in self.rates))
+
+
+def content_hash(invoice: Invoice) -> str:
+    """SHA-256 of the invoice's recorded content, canonical JSON: the proof an auditor keeps."""
+    content = {
+        "id": str(invoice.id),
+        "number": invoice.number,
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "issuing_date": invoice.issuing_date.isoformat(),
+        "billing_periods": invoice.billing_periods,
+        "fees": invoice.fee_events,
+        "watermark": invoice.watermark,
+        "tax_rates": {code: str(rate) for code, rate in sorted(invoice.tax_rates.items())},
+    }
+    encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _phases(subscription: Subscription) -> Iterable[tuple[Phase, datetime]]:
+    """Each phase with the instant it ends (the next phase, the subscription's end, or far)."""
+    ends = [p.starts_at for p in subscription.phases[1:]]
+    far = datetime.max.replace(tzinfo=UTC)
+    ended_at = subscription.ended_at or far
+    for phase, end in zip(subscription.phases, [*ends, far], strict=True):
+        end = min(end, ended_at)
+        if phase.starts_at < end:
+            yield phase, end
+
+
+def _schedule(subscription: Subscription, phase: Phase) -> BillingSchedule:
+    return BillingSchedule(
+        subscription_date=subscription.subscription_date,
+        started_at=phase.starts_at,
+        billing_time=subscription.billing_time,
+        interval=phase.plan.interval,
+        timezone=subscription.timezone,
+    )
+
+
+def _period_at(schedule: BillingSchedule, instant: datetime) -> Period:
+    return schedule.period(schedule.index_at(instant))
+
+
+def _closing_period(
+    schedule: BillingSchedule, phase_start: datetime, phase_end: datetime, boundary: datetime
+) -> Period | None:
+    """The period of the schedule that closes at the boundary (cut at the phase end), if any."""
+    if not phase_start < boundary <= phase_end:
+        return None
+    before = boundary - timedelta(microseconds=1)
+    period = _period_at(schedule, before)
+    end = min(period.end_at, phase_end)
+    return Period(period.start_at, end) if end == boundary else None
+
+
+def _boundaries(subscription: Subscription, until: datetime, plan_of: Any) -> Iterable[datetime]:
+    """Every instant up to `until` at which the subscription has something to bill."""
+    for phase, phase_end in _phases(subscription):
+        plan = plan_of(phase)
+        definition = plan.definition(phase.plan.plan_version)
+        schedule = _schedule(subscription, phase)
+        charges = schedule.charges_schedule(bool(definition.get("bill_charges_monthly")))
+        if definition["pay_in_advance"]:
+            yield phase.starts_at
+        for sched in (schedule, charges):
+            index = sched.first_index
+            while True:
+                end = min(sched.period(index).end_at, phase_end)
+                if end > until:
+                    break
+                yield end
+                if end == phase_end:
+                    break
+                index += 1
+
+
+def _billed(invoice: Invoice) -> set[str]:
+    return {period["external_subscription_id"] for period in invoice.billing_periods}
+
+
+def _reason(subscription: Subscription, phase: Phase, boundary: datetime) -> str:
+    if subscription.ended_at is not None and boundary >= subscription.ended_at:
+        return "subscription_terminating"
+    if boundary == phase.starts_at:
+        return "subscription_starting"
+    return "subscription_periodic"
+
+
+def _grace_period_days(customer: Customer) -> int:
+    configuration = customer.fields.get("billing_configuration") or {}
+    return int(configuration.get("invoice_grace_period") or 0)
+
+
+def _empty(instant: datetime) -> Period:
+    return Period(instant, instant + timedelta(microseconds=1))
+
+
+def _jsonable(periods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {k: v.isoformat() if isinstance(v, datetime) else v for k, v in period.items()}
+        for period in periods
+    ]
+
+
+def _invoice_boundary(invoice: Invoice) -> datetime:
+    """The boundary an invoice was issued at, recorded in its billing periods."""
+    return datetime.fromisoformat(invoice.billing_periods[0]["boundary"])
+
+
+def _adjusted(line: FeeLine, delta_cents: int, exponent: int) -> FeeLine:
+    return replace(
+        line,
+        amount_cents=delta_cents,
+        precise_amount_cents=Decimal(delta_cents),
+        unit_amount=Decimal(delta_cents).scaleb(-exponent),
+    )
