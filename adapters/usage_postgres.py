@@ -2,7 +2,8 @@
 
 Measured shape (performance-and-reliability.md §7): the batch goes in as arrays (unnest), the
 insert skips known keys (ON CONFLICT DO NOTHING), and the rollups are upserted, sorted by key,
-from only the rows actually inserted; numbers are `numeric`, so every sum is exact.
+from only the rows actually inserted; numbers are `numeric`, so every sum is exact. Only a batch
+that meets stored keys takes a second statement, to read them and compare fingerprints.
 """
 
 import hashlib
@@ -62,13 +63,6 @@ class PostgresUsageLog:
         digest = hashlib.sha256(f"tally.usage_log:{datastore.schema}".encode()).digest()
         self.lock_key = int.from_bytes(digest[:8], "big", signed=True)
         self._lock = SQL("SELECT pg_advisory_xact_lock({0})").format(Literal(self.lock_key))
-        # The append's lookup of stored keys must probe the key index whatever the statistics
-        # say (a new table has none, and a cached plan outlives them): no hash or merge join,
-        # for this transaction only, set in the lock's round trip.
-        self._lock_for_append = SQL(
-            "SELECT pg_advisory_xact_lock({0}), set_config('enable_hashjoin', 'off', true), "
-            "set_config('enable_mergejoin', 'off', true)"
-        ).format(Literal(self.lock_key))
         self._append = self._append_statement()
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(self._lock)  # Two processes starting at once must not race on DDL.
@@ -91,9 +85,10 @@ class PostgresUsageLog:
                 "CONSTRAINT usage_events_key UNIQUE ({1}))"
             ).format(self.events_table, _KEY),
             SQL(
-                # Not led by organization_id: then no index but the key has two columns of
-                # the key lookups (organization, subscription), and the planner picks the key
-                # index even before the table has statistics (a fresh table, a benchmark).
+                # Led by the subscription: a key lookup then matches one column of this index
+                # and all three of the key's, so the planner probes the key even before the
+                # table has statistics (led by the organization, it once chose this index and
+                # filtered the subscription's events). Period queries use all four columns.
                 "CREATE INDEX IF NOT EXISTS usage_events_by_time ON {0} "
                 "(external_subscription_id, code, organization_id, timestamp)"
             ).format(self.events_table),
@@ -108,11 +103,9 @@ class PostgresUsageLog:
         ]
 
     def _append_statement(self) -> Composed:
-        names = [Identifier(name) for name, _ in _INPUT_COLUMNS]
-        columns = SQL(", ").join(names)
+        columns = SQL(", ").join(Identifier(name) for name, _ in _INPUT_COLUMNS)
+        # Binary parameters: psycopg's text arrays escape every element with a regex.
         arrays = SQL(", ").join(SQL(f"%b::{sql_type}[]") for _, sql_type in _INPUT_COLUMNS)
-        stored = SQL(", ").join(SQL("stored.{0}").format(name) for name in names[3:])
-        unknown = SQL(", ").join(SQL("NULL") for _ in names[3:])
         return SQL(
             "WITH input AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY "
             "AS input ({columns}, position)), "
@@ -120,30 +113,21 @@ class PostgresUsageLog:
             "SELECT {columns} FROM input ORDER BY position "
             "ON CONFLICT ({key}) DO NOTHING RETURNING *), "
             "added AS ({upsert}) "
-            # The statement's snapshot predates its own inserts, so this join finds exactly
-            # the events stored before (the ones ON CONFLICT skipped); the lock (see append)
-            # guarantees that each of them is committed, hence visible. It runs only when
-            # some input was not inserted (a one-time filter): fresh batches skip it.
-            "SELECT stored.sequence, stored.organization_id, stored.external_subscription_id, "
-            "stored.transaction_id, {stored} FROM input JOIN {events} AS stored USING ({key}) "
-            "WHERE (SELECT count(*) FROM inserted) < (SELECT count(*) FROM input) "
-            "UNION ALL SELECT sequence, organization_id, external_subscription_id, "
-            "transaction_id, {unknown} FROM inserted"
+            "SELECT sequence, organization_id, external_subscription_id, transaction_id "
+            "FROM inserted"
         ).format(
             arrays=arrays,
             columns=columns,
             events=self.events_table,
             key=_KEY,
             upsert=self._upsert_rollups(SQL("inserted")),
-            stored=stored,
-            unknown=unknown,
         )
 
     def _upsert_rollups(self, source: Composable) -> Composed:
         """Add the rollups of the events in `source` to the rollup rows, as combine() does.
 
-        Rows are written sorted by key, so concurrent writers lock them in one order and never
-        deadlock. The latest value is the one with the latest timestamp, and at equal
+        Rows are written sorted by key: one lock order, so writers could never deadlock even
+        without the append lock. The latest value is the one with the latest timestamp, and at equal
         timestamps the greater value, like domain.usage.combine.
         """
         return SQL(
@@ -168,56 +152,51 @@ class PostgresUsageLog:
         except TransactionIdConflictError:
             # Two inputs disagree; an earlier one may already disagree with a stored event.
             with self.datastore.transaction(commit=False) as curs:
-                dedupe_batch(batch, self._fingerprints(curs, [usage_key(u) for u in batch]))
+                rows = self._stored(curs, [usage_key(usage) for usage in batch])
+            dedupe_batch(batch, {key: row["fingerprint"] for key, row in rows.items()})
             raise
         new = [batch[index] for index in firsts]
         with self.datastore.transaction(commit=True) as curs:
             # Writers take turns, so sequences commit in increasing order: a reader that sees
             # sequence n sees every sequence below n that will ever commit, and watermark()
             # (the highest committed sequence) never hides a lower one committed later. The
-            # lock is released after the commit is visible. Also, under the lock every stored
-            # key that ON CONFLICT meets is committed, so the statement's join returns it.
-            curs.execute(self._lock_for_append)
+            # lock is released after the commit is visible. Also, every stored key that
+            # ON CONFLICT skips is then committed, so the lookup below finds it.
+            curs.execute(self._lock)
             curs.execute(self._append, _arrays(new))
-            stored: dict[UsageKey, StoredUsage] = {}
-            sequences: dict[UsageKey, int] = {}
-            for row in curs.fetchall():
-                key = (
-                    row["organization_id"],
-                    row["external_subscription_id"],
-                    row["transaction_id"],
-                )
-                if row["fingerprint"] is None:
-                    sequences[key] = row["sequence"]
-                else:
-                    stored[key] = _stored_usage(row)
-            if stored:
+            sequences = {_row_key(row): row["sequence"] for row in curs.fetchall()}
+            rows = {}
+            if len(sequences) < len(new):
+                rows = self._stored(curs, [k for k in map(usage_key, new) if k not in sequences])
                 # Raises for an input that reuses a stored key with another payload; leaving
                 # the block then rolls the whole batch back.
-                dedupe_batch(batch, {key: usage.fingerprint for key, usage in stored.items()})
+                dedupe_batch(batch, {key: row["fingerprint"] for key, row in rows.items()})
         results = {}
         for index, usage in zip(firsts, new, strict=True):
             key = usage_key(usage)
-            results[index] = (
-                stored[key] if key in stored else replace(usage, sequence=sequences[key])
-            )
+            if key in rows:
+                results[index] = _resent(usage, rows[key])
+            else:
+                results[index] = replace(usage, sequence=sequences[key])
         return [results[duplicates.get(index, index)] for index in range(len(batch))]
 
-    def _fingerprints(self, curs: Cursor[DictRow], keys: Sequence[UsageKey]) -> dict[UsageKey, str]:
+    def _stored(self, curs: Cursor[DictRow], keys: Sequence[UsageKey]) -> dict[UsageKey, DictRow]:
+        """The stored rows of these keys, without their payload (see _resent).
+
+        Planned at each call (never a cached plan): a plan cached while the table was small
+        would scan it whole, while a fresh plan sees its size and probes the key index.
+        """
         organizations, subscriptions, transactions = zip(*keys, strict=True)
         curs.execute(
             SQL(
-                "SELECT organization_id, external_subscription_id, transaction_id, fingerprint "
-                "FROM {0} WHERE ({1}) IN (SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[]))"
+                "SELECT sequence, organization_id, external_subscription_id, transaction_id, "
+                "timestamp, value, dimensions, fingerprint, received_at FROM {0} WHERE ({1}) IN "
+                "(SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[]))"
             ).format(self.events_table, _KEY),
             (list(organizations), list(transactions), list(subscriptions)),
+            prepare=False,
         )
-        return {
-            (row["organization_id"], row["external_subscription_id"], row["transaction_id"]): row[
-                "fingerprint"
-            ]
-            for row in curs.fetchall()
-        }
+        return {_row_key(row): row for row in curs.fetchall()}
 
     def find(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
@@ -415,6 +394,30 @@ def _stored_usage(row: DictRow) -> StoredUsage:
         precise_total_amount_cents=row["precise_total_amount_cents"],
         timestamp_given=row["timestamp_given"],
     )
+    return StoredUsage(
+        event=event,
+        value=row["value"],
+        dimensions=dimensions_from_text(row["dimensions"]),
+        fingerprint=row["fingerprint"],
+        received_at=row["received_at"].astimezone(UTC),
+        sequence=row["sequence"],
+    )
+
+
+def _row_key(row: DictRow) -> UsageKey:
+    return (row["organization_id"], row["external_subscription_id"], row["transaction_id"])
+
+
+def _resent(sent: StoredUsage, row: DictRow) -> StoredUsage:
+    """The stored record of an identical re-send, without reading its payload back.
+
+    Equal fingerprints mean equal code, properties, precise amount and given timestamp
+    (canonical_event_payload); a timestamp the client did not give is the stored one. The rest
+    (value, dimensions, receipt, sequence) is the row's.
+    """
+    event = sent.event
+    if not event.timestamp_given:
+        event = replace(event, timestamp=row["timestamp"].astimezone(UTC))
     return StoredUsage(
         event=event,
         value=row["value"],

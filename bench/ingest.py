@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=50_000, help="events per run (50,000)")
     parser.add_argument("--sqlite-events", type=int, default=20_000, help="SQLite (20,000)")
-    parser.add_argument("--repetitions", type=int, default=3, help="interleaved runs (3)")
+    parser.add_argument("--repetitions", type=int, default=5, help="interleaved runs (5)")
     parser.add_argument("--subscriptions", type=int, default=200, help="subscriptions (200)")
     parser.add_argument("--seed", type=int, default=1, help="dataset seed (1)")
     args = parser.parse_args()

@@ -45,6 +45,7 @@ def usage(
     model: str | None = "large",
     precise: str | None = None,
     received_at: datetime = RECEIVED_AT,
+    timestamp_given: bool = True,
 ) -> StoredUsage:
     """An event as the ingest use case would hand it to the log (value None: a count metric)."""
     properties = {}
@@ -60,6 +61,7 @@ def usage(
         timestamp=at,
         properties=properties,
         precise_total_amount_cents=None if precise is None else Decimal(precise),
+        timestamp_given=timestamp_given,
     )
     return StoredUsage(
         event=event,
@@ -200,6 +202,18 @@ def check_identical_resends_are_stored_once(log: UsageLog) -> None:
     assert sorted(r.event.transaction_id for r in records) == ["a", "b", "c", "d"]
     [total_row] = log.totals(org, "sub_1", "tokens", START, START + BUCKET)
     assert (total_row.rollup.count, total_row.rollup.sum) == (4, Decimal(15))
+
+    # Without a client timestamp, the receipt time is the event's: a retry received later is
+    # the same payload, and its answer keeps the stored timestamp, dimensions and receipt.
+    first_at = START + timedelta(minutes=1)
+    [untimed] = log.append([usage(org, "e", at=first_at, timestamp_given=False)])
+    retry = replace(
+        usage(org, "e", at=first_at + BUCKET, timestamp_given=False, received_at=later),
+        dimensions=(),
+    )
+    assert retry.fingerprint == untimed.fingerprint
+    assert log.append([retry]) == [untimed]
+    assert untimed.event.timestamp == first_at
 
 
 def check_a_reused_key_with_another_payload_refuses_the_whole_batch(log: UsageLog) -> None:

@@ -5,6 +5,7 @@ from uuid import uuid4
 import pytest
 from hypothesis import given, settings
 
+from adapters.stores import Ledger
 from application.errors import TransactionIdConflictError
 from application.usage_log import MemoryUsageLog, dedupe_batch, usage_key
 from tests import usage_contract as contract
@@ -44,8 +45,8 @@ def test_concurrent_overlapping_appends_store_each_event_once() -> None:
     contract.check_concurrent_overlapping_appends_store_each_event_once(MemoryUsageLog())
 
 
-def test_the_memory_ledger_has_a_usage_log(ledger: object) -> None:
-    assert isinstance(getattr(ledger, "usage", None), MemoryUsageLog)
+def test_the_memory_ledger_has_a_usage_log(ledger: Ledger) -> None:
+    assert isinstance(ledger.usage, MemoryUsageLog)
 
 
 # --- dedupe_batch ---------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The usage log on SQLite and PostgreSQL: the UsageLog contract, rollups and a retry storm."""
 
+from uuid import uuid4
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -50,7 +52,7 @@ def test_rebuilt_rollups_equal_the_live_ones_row_for_row(store_ledger: Ledger) -
 
 
 def test_a_rebuild_repairs_damaged_rollups(store_ledger: Ledger) -> None:
-    org = contract.uuid4()
+    org = uuid4()
     at = contract.START
     store_ledger.usage.append(
         [contract.usage(org, f"tx_{n}", value=str(n), at=at) for n in range(1, 4)]
@@ -68,7 +70,7 @@ def test_concurrent_overlapping_appends_store_each_event_once(store_ledger: Ledg
 
 def test_the_log_and_its_rollups_survive_a_restart(store_settings: Settings) -> None:
     ledger = open_ledger(store_settings)
-    org = contract.uuid4()
+    org = uuid4()
     try:
         [stored] = ledger.usage.append([contract.usage(org, "tx_1", value="0.000000000000001")])
     finally:
@@ -92,9 +94,7 @@ def test_the_cli_rebuilds_the_rollups(
 ) -> None:
     ledger = open_ledger(store_settings)
     try:
-        ledger.usage.append(
-            [contract.usage(contract.uuid4(), "tx_1"), contract.usage(contract.uuid4(), "tx_2")]
-        )
+        ledger.usage.append([contract.usage(uuid4(), "tx_1"), contract.usage(uuid4(), "tx_2")])
     finally:
         ledger.close()
     monkeypatch.setenv("TALLY_DATABASE_URL", store_settings.database_url)
