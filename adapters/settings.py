@@ -9,6 +9,13 @@ from urllib.parse import unquote, urlsplit
 from domain.limits import EVENTS_BATCH_MAX, EVENTS_BATCH_MAX_LIMIT
 
 DEFAULT_SQLITE_PATH = Path(".tally/tally.db")
+# Request limits (ADR 0015): 1 MiB holds a batch of EVENTS_BATCH_MAX events many times over.
+BODY_MAX_BYTES_DEFAULT = 1024 * 1024
+BODY_MAX_BYTES_LIMIT = 256 * 1024 * 1024
+# Per API key and per process: generous enough for a loaded ingest client, low enough that a
+# runaway loop is stopped before it starves the others. 0 turns the rate limit off.
+RATE_LIMIT_PER_S_DEFAULT = 1000.0
+RATE_LIMIT_BURST_DEFAULT = 2000
 
 
 class SettingsError(Exception):
@@ -23,6 +30,9 @@ class Settings:
     sqlite_path: Path | None = None
     postgres_schema: str | None = None
     events_batch_max: int = EVENTS_BATCH_MAX
+    body_max_bytes: int = BODY_MAX_BYTES_DEFAULT
+    rate_limit_per_s: float = RATE_LIMIT_PER_S_DEFAULT  # 0: no rate limit.
+    rate_limit_burst: int = RATE_LIMIT_BURST_DEFAULT
 
 
 def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -36,6 +46,38 @@ def settings_from_env(environ: Mapping[str, str] | None = None) -> Settings:
                 f"{EVENTS_BATCH_MAX_LIMIT}."
             )
         settings = replace(settings, events_batch_max=int(batch_max))
+    return _request_limits(settings, environ)
+
+
+def _request_limits(settings: Settings, environ: Mapping[str, str]) -> Settings:
+    """TALLY_BODY_MAX_BYTES, TALLY_RATE_LIMIT_PER_S (0: off) and TALLY_RATE_LIMIT_BURST."""
+    body_max = environ.get("TALLY_BODY_MAX_BYTES", "").strip()
+    if body_max:
+        if not body_max.isdigit() or not 1024 <= int(body_max) <= BODY_MAX_BYTES_LIMIT:
+            raise SettingsError(
+                f"TALLY_BODY_MAX_BYTES={body_max!r}: a whole number of bytes from 1024 to "
+                f"{BODY_MAX_BYTES_LIMIT}."
+            )
+        settings = replace(settings, body_max_bytes=int(body_max))
+    rate = environ.get("TALLY_RATE_LIMIT_PER_S", "").strip()
+    if rate:
+        try:
+            rate_per_s = float(rate)
+        except ValueError:
+            rate_per_s = -1.0
+        if not 0 <= rate_per_s <= 1_000_000:
+            raise SettingsError(
+                f"TALLY_RATE_LIMIT_PER_S={rate!r}: requests per second and per key, from 0 "
+                "(no limit) to 1000000."
+            )
+        settings = replace(settings, rate_limit_per_s=rate_per_s)
+    burst = environ.get("TALLY_RATE_LIMIT_BURST", "").strip()
+    if burst:
+        if not burst.isdigit() or not 1 <= int(burst) <= 1_000_000:
+            raise SettingsError(
+                f"TALLY_RATE_LIMIT_BURST={burst!r}: a whole number of requests from 1 to 1000000."
+            )
+        settings = replace(settings, rate_limit_burst=int(burst))
     return settings
 
 

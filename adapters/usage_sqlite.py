@@ -3,14 +3,16 @@
 SQLite has no exact decimal type, so numbers are stored as text (a column with TEXT affinity
 keeps "1.50" as written) and the rollups are combined in Python with domain.usage.combine,
 inside the batch's write transaction. SQLite runs one writer at a time, so sequences commit in
-increasing order and the highest one is a watermark.
+increasing order: a record's position is its sequence and the highest one is a watermark. A
+void is a row of its own (`reversal` = 1, a copy of the event with its own sequence); it
+recomputes the event's rollup row from the live log in the same transaction.
 """
 
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -32,17 +34,19 @@ from application.usage_log import (
     rollup_rows,
     usage_key,
 )
-from domain.usage import Rollup, UsageEvent, bucket_start, rollup_of_value
+from domain.usage import BUCKET_SECONDS, Rollup, UsageEvent, bucket_start, rollup_of_value
 
 _CREATE_STATEMENTS = (
     "CREATE TABLE IF NOT EXISTS usage_events ("
-    "sequence INTEGER PRIMARY KEY AUTOINCREMENT, organization_id TEXT NOT NULL, "
+    "sequence INTEGER PRIMARY KEY AUTOINCREMENT, reversal INTEGER NOT NULL DEFAULT 0, "
+    "organization_id TEXT NOT NULL, "
     "external_subscription_id TEXT NOT NULL, transaction_id TEXT NOT NULL, code TEXT NOT NULL, "
     "timestamp TEXT NOT NULL, timestamp_given INTEGER NOT NULL, properties TEXT NOT NULL, "
     "precise_total_amount_cents TEXT, value TEXT, dimensions TEXT NOT NULL, "
     "fingerprint TEXT NOT NULL, received_at TEXT NOT NULL, "
-    # transaction_id second: the key's index also serves find() without a subscription.
-    "UNIQUE (organization_id, transaction_id, external_subscription_id))",
+    # transaction_id second: the key's index also serves find() without a subscription. An
+    # event and its reversal share the event's key.
+    "UNIQUE (organization_id, transaction_id, external_subscription_id, reversal))",
     "CREATE INDEX IF NOT EXISTS usage_events_by_time ON usage_events "
     "(organization_id, external_subscription_id, code, timestamp)",
     "CREATE TABLE IF NOT EXISTS usage_rollups ("
@@ -70,6 +74,20 @@ _UPSERT_ROLLUP = (
     "DO UPDATE SET count = excluded.count, sum = excluded.sum, max = excluded.max, "
     "latest_value = excluded.latest_value, latest_at = excluded.latest_at, "
     "precise_sum = excluded.precise_sum"
+)
+# Events (alias e) with the receipt time of their reversal, if any, as voided_at.
+_WITH_VOIDS = (
+    "SELECT e.*, v.received_at AS voided_at FROM usage_events e LEFT JOIN usage_events v "
+    "ON v.reversal = 1 AND v.organization_id = e.organization_id "
+    "AND v.transaction_id = e.transaction_id "
+    "AND v.external_subscription_id = e.external_subscription_id WHERE e.reversal = 0"
+)
+# An event (alias e) no reversal at or below the bound ? (NULL: any) voids.
+_NOT_VOIDED = (
+    "NOT EXISTS (SELECT 1 FROM usage_events v WHERE v.reversal = 1 "
+    "AND v.organization_id = e.organization_id AND v.transaction_id = e.transaction_id "
+    "AND v.external_subscription_id = e.external_subscription_id "
+    "AND (? IS NULL OR v.sequence <= ?))"
 )
 _REBUILD_CHUNK = 10_000
 # Rollup keys as stored: (organization_id, external_subscription_id, code, dimensions,
@@ -104,7 +122,7 @@ class SQLiteUsageLog:
                 if row is None:
                     pending.append(index)  # Stored before: identical, or a conflict.
                 else:
-                    results[index] = replace(usage, sequence=row[0])
+                    results[index] = replace(usage, sequence=row[0], position=row[0])
                     added.append(results[index])
             if pending:
                 stored = self._stored(c, (usage_key(batch[index]) for index in pending))
@@ -133,8 +151,8 @@ class SQLiteUsageLog:
         stored = {}
         for organization_id, subscription, transaction_id in keys:
             c.execute(
-                "SELECT * FROM usage_events WHERE organization_id = ? AND transaction_id = ? "
-                "AND external_subscription_id = ?",
+                f"{_WITH_VOIDS} AND e.organization_id = ? AND e.transaction_id = ? "
+                "AND e.external_subscription_id = ?",
                 (str(organization_id), transaction_id, subscription),
             )
             row = c.fetchone()
@@ -145,15 +163,69 @@ class SQLiteUsageLog:
     def find(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
     ) -> StoredUsage | None:
-        where = "organization_id = ? AND transaction_id = ?"
-        params: list[Any] = [str(organization_id), transaction_id]
-        if external_subscription_id is not None:
-            where += " AND external_subscription_id = ?"
-            params.append(external_subscription_id)
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT * FROM usage_events WHERE {where} ORDER BY sequence LIMIT 1", params)
-            row = c.fetchone()
-        return None if row is None else _stored_usage(row)
+            return _find(c, organization_id, transaction_id, external_subscription_id)
+
+    def void(
+        self,
+        organization_id: UUID,
+        transaction_id: str,
+        external_subscription_id: str,
+        voided_at: datetime,
+    ) -> StoredUsage | None:
+        columns = (
+            "organization_id, external_subscription_id, transaction_id, code, timestamp, "
+            "timestamp_given, properties, precise_total_amount_cents, value, dimensions, "
+            "fingerprint"
+        )
+        with self.datastore.transaction(commit=True) as c:
+            event = _find(c, organization_id, transaction_id, external_subscription_id)
+            if event is None or event.voided_at is not None:
+                return event
+            c.execute(
+                f"INSERT INTO usage_events ({columns}, received_at, reversal) "
+                f"SELECT {columns}, ?, 1 FROM usage_events WHERE organization_id = ? "
+                "AND transaction_id = ? AND external_subscription_id = ? AND reversal = 0",
+                (
+                    _instant(voided_at),
+                    str(organization_id),
+                    transaction_id,
+                    external_subscription_id,
+                ),
+            )
+            # The event's rollup row, recomputed from the events still live in it.
+            bucket = bucket_start(event.event.timestamp)
+            text_key = (
+                str(organization_id),
+                external_subscription_id,
+                event.event.code,
+                dimensions_text(event.dimensions),
+                _instant(bucket),
+            )
+            c.execute(
+                f"SELECT e.* FROM usage_events e WHERE e.reversal = 0 AND e.organization_id = ? "
+                "AND e.external_subscription_id = ? AND e.code = ? AND e.dimensions = ? "
+                f"AND e.timestamp >= ? AND e.timestamp < ? AND {_NOT_VOIDED}",
+                (
+                    *text_key[:4],
+                    _instant(bucket),
+                    _instant(bucket + timedelta(seconds=BUCKET_SECONDS)),
+                    None,
+                    None,
+                ),
+            )
+            rows = rollup_rows(_stored_usage(row) for row in c.fetchall())
+            if rows:
+                [merged] = rows.values()
+                c.execute(_UPSERT_ROLLUP, (*text_key, *_rollup_values(merged)))
+            else:
+                c.execute(
+                    "DELETE FROM usage_rollups WHERE organization_id = ? "
+                    "AND external_subscription_id = ? AND code = ? AND dimensions = ? "
+                    "AND bucket_start = ?",
+                    text_key,
+                )
+            return _find(c, organization_id, transaction_id, external_subscription_id)
 
     def page(
         self,
@@ -168,24 +240,26 @@ class SQLiteUsageLog:
     ) -> tuple[list[StoredUsage], int]:
         """Both timestamp bounds are included, as in Lago's events query."""
         assert page >= 1 and per_page >= 1, (page, per_page)
-        conditions = ["organization_id = ?"]
+        conditions = ["e.organization_id = ?"]
         params: list[Any] = [str(organization_id)]
         for condition, value in (
-            ("external_subscription_id = ?", external_subscription_id),
-            ("code = ?", code),
-            ("timestamp >= ?", None if timestamp_from is None else _instant(timestamp_from)),
-            ("timestamp <= ?", None if timestamp_to is None else _instant(timestamp_to)),
+            ("e.external_subscription_id = ?", external_subscription_id),
+            ("e.code = ?", code),
+            ("e.timestamp >= ?", None if timestamp_from is None else _instant(timestamp_from)),
+            ("e.timestamp <= ?", None if timestamp_to is None else _instant(timestamp_to)),
         ):
             if value is not None:
                 conditions.append(condition)
                 params.append(value)
         where = " AND ".join(conditions)
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT count(*) FROM usage_events WHERE {where}", params)
+            c.execute(
+                f"SELECT count(*) FROM usage_events e WHERE e.reversal = 0 AND {where}", params
+            )
             total = int(c.fetchone()[0])
             c.execute(
-                f"SELECT * FROM usage_events WHERE {where} "
-                "ORDER BY timestamp DESC, sequence DESC LIMIT ? OFFSET ?",
+                f"{_WITH_VOIDS} AND {where} "
+                "ORDER BY e.timestamp DESC, e.sequence DESC LIMIT ? OFFSET ?",
                 [*params, per_page, (page - 1) * per_page],
             )
             rows = c.fetchall()
@@ -230,23 +304,60 @@ class SQLiteUsageLog:
         code: str,
         start_at: datetime,
         end_at: datetime,
-        up_to_sequence: int | None = None,
+        up_to_position: int | None = None,
     ) -> list[StoredUsage]:
         # The default (BINARY) collation orders UTF-8 text by code point, as Python does.
         with self.datastore.transaction(commit=False) as c:
             c.execute(
-                "SELECT * FROM usage_events WHERE organization_id = ? "
-                "AND external_subscription_id = ? AND code = ? "
-                "AND timestamp >= ? AND timestamp < ? AND (? IS NULL OR sequence <= ?) "
-                "ORDER BY timestamp, transaction_id",
+                "SELECT e.* FROM usage_events e WHERE e.reversal = 0 AND e.organization_id = ? "
+                "AND e.external_subscription_id = ? AND e.code = ? "
+                "AND e.timestamp >= ? AND e.timestamp < ? AND (? IS NULL OR e.sequence <= ?) "
+                f"AND {_NOT_VOIDED} ORDER BY e.timestamp, e.transaction_id",
                 (
                     str(organization_id),
                     external_subscription_id,
                     code,
                     _instant(start_at),
                     _instant(end_at),
-                    up_to_sequence,
-                    up_to_sequence,
+                    up_to_position,
+                    up_to_position,
+                    up_to_position,
+                    up_to_position,
+                ),
+            )
+            rows = c.fetchall()
+        return [_stored_usage(row) for row in rows]
+
+    def events_since(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        code: str,
+        start_at: datetime,
+        end_at: datetime,
+        after_position: int,
+        up_to_position: int,
+    ) -> list[StoredUsage]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT e.* FROM usage_events e WHERE e.reversal = 0 AND e.organization_id = ? "
+                "AND e.external_subscription_id = ? AND e.code = ? "
+                "AND e.timestamp >= ? AND e.timestamp < ? "
+                "AND ((e.sequence > ? AND e.sequence <= ?) "
+                "OR EXISTS (SELECT 1 FROM usage_events v WHERE v.reversal = 1 "
+                "AND v.organization_id = e.organization_id AND v.transaction_id = e.transaction_id "
+                "AND v.external_subscription_id = e.external_subscription_id "
+                "AND v.sequence > ? AND v.sequence <= ?)) ORDER BY e.timestamp, e.transaction_id",
+                (
+                    str(organization_id),
+                    external_subscription_id,
+                    code,
+                    _instant(start_at),
+                    _instant(end_at),
+                    after_position,
+                    up_to_position,
+                    after_position,
+                    up_to_position,
                 ),
             )
             rows = c.fetchall()
@@ -266,9 +377,10 @@ class SQLiteUsageLog:
             while True:
                 c.execute(
                     "SELECT sequence, organization_id, external_subscription_id, code, "
-                    "dimensions, timestamp, value, precise_total_amount_cents FROM usage_events "
-                    "WHERE sequence > ? ORDER BY sequence LIMIT ?",
-                    (after, _REBUILD_CHUNK),
+                    "dimensions, timestamp, value, precise_total_amount_cents FROM usage_events e "
+                    f"WHERE e.sequence > ? AND e.reversal = 0 AND {_NOT_VOIDED} "
+                    "ORDER BY e.sequence LIMIT ?",
+                    (after, None, None, _REBUILD_CHUNK),
                 )
                 chunk = c.fetchall()
                 if not chunk:
@@ -355,7 +467,29 @@ def _stored_usage(row: Any) -> StoredUsage:
         fingerprint=row["fingerprint"],
         received_at=_parse_instant(row["received_at"]),
         sequence=row["sequence"],
+        position=row["sequence"],
+        voided_at=(
+            _parse_instant(row["voided_at"])
+            if "voided_at" in row.keys() and row["voided_at"] is not None  # noqa: SIM118 (a Row)
+            else None
+        ),
     )
+
+
+def _find(
+    c: SQLiteCursor,
+    organization_id: UUID,
+    transaction_id: str,
+    external_subscription_id: str | None,
+) -> StoredUsage | None:
+    where = "e.organization_id = ? AND e.transaction_id = ?"
+    params: list[Any] = [str(organization_id), transaction_id]
+    if external_subscription_id is not None:
+        where += " AND e.external_subscription_id = ?"
+        params.append(external_subscription_id)
+    c.execute(f"{_WITH_VOIDS} AND {where} ORDER BY e.sequence LIMIT 1", params)
+    row = c.fetchone()
+    return None if row is None else _stored_usage(row)
 
 
 def _rollup_row(row: Any) -> RollupRow:

@@ -8,24 +8,51 @@ from litestar.openapi import OpenAPIConfig
 from adapters.settings import Settings, settings_from_env
 from adapters.stores import Ledger, open_ledger
 from api.auth import provide_billing, provide_organization_id, provide_raw_body
+from api.controllers.audit_logs import audit_logs
 from api.controllers.billable_metrics import BillableMetricController
+from api.controllers.credit_notes import CreditNoteController
 from api.controllers.customers import CustomerController, customer_history
 from api.controllers.events import EventController
 from api.controllers.health import health
+from api.controllers.invoices import InvoiceController
+from api.controllers.organizations import BillingEntityController, OrganizationController
 from api.controllers.plans import PlanController, plan_version
+from api.controllers.privacy import erase_customer, export_customer
 from api.controllers.subscriptions import SubscriptionController
 from api.controllers.taxes import TaxController
 from api.controllers.usage import current_usage
+from api.controllers.wallets import (
+    WalletController,
+    WalletTransactionController,
+    wallet_transactions,
+)
+from api.controllers.webhooks import WebhookController, WebhookEndpointController
 from api.idempotency import IdempotencyMiddleware
 from api.problems import exception_handlers
+from api.security import Limits, RateLimiter, SecurityMiddleware
+from api.webhook_payloads import WebhookPayloads
+from application.webhooks import DeliveryWorker, WebhookTransport
 
 
-def create_app(ledger: Ledger) -> Litestar:
+def create_app(
+    ledger: Ledger,
+    *,
+    deliver_webhooks: bool = False,
+    webhook_transport: WebhookTransport | None = None,
+) -> Litestar:
+    """The API on a ledger; deliver_webhooks runs the delivery worker while the app runs."""
+    webhooks = ledger.open_webhooks(
+        WebhookPayloads(ledger.webhook_settings.api_url), webhook_transport
+    )
+    worker = DeliveryWorker(webhooks) if deliver_webhooks else None
     api = Router(
         "/api/v1",
         route_handlers=[
             CustomerController,
             customer_history,
+            erase_customer,
+            export_customer,
+            audit_logs,
             TaxController,
             BillableMetricController,
             PlanController,
@@ -33,6 +60,15 @@ def create_app(ledger: Ledger) -> Litestar:
             SubscriptionController,
             EventController,
             current_usage,
+            CreditNoteController,
+            InvoiceController,
+            WebhookEndpointController,
+            WebhookController,
+            OrganizationController,
+            BillingEntityController,
+            WalletController,
+            WalletTransactionController,
+            wallet_transactions,
         ],
         dependencies={
             "organization_id": Provide(provide_organization_id, sync_to_thread=False),
@@ -43,14 +79,31 @@ def create_app(ledger: Ledger) -> Litestar:
         route_handlers=[api, health],
         dependencies={"billing": Provide(provide_billing, sync_to_thread=False)},
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
-        middleware=[IdempotencyMiddleware()],
-        state=State({"ledger": ledger}),
+        # Outermost first: keys, limits and the audit trail wrap everything, replays included.
+        middleware=[SecurityMiddleware(request_limits(ledger.settings)), IdempotencyMiddleware()],
+        state=State({"ledger": ledger, "webhooks": webhooks}),
         openapi_config=OpenAPIConfig(title="Tally", version="0.1.0", path="/openapi"),
-        on_shutdown=[lambda: ledger.close()],
+        on_startup=[ledger.top_ups.start, *([worker.start] if worker else [])],
+        # The workers stop (their rounds end) before the store closes.
+        on_shutdown=[
+            ledger.top_ups.stop,
+            *([worker.stop] if worker else []),
+            lambda: ledger.close(),
+        ],
         debug=False,
     )
 
 
+def request_limits(settings: Settings) -> Limits:
+    """The body-size and per-key rate limits (ADR 0015); the rate limiter lives per app."""
+    limiter = (
+        RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        if settings.rate_limit_per_s > 0
+        else None
+    )
+    return Limits(body_max_bytes=settings.body_max_bytes, rate_limiter=limiter)
+
+
 def create_app_from_env(settings: Settings | None = None) -> Litestar:
     """The app on the store that TALLY_DATABASE_URL names (used by `tally serve`)."""
-    return create_app(open_ledger(settings or settings_from_env()))
+    return create_app(open_ledger(settings or settings_from_env()), deliver_webhooks=True)

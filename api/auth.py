@@ -1,12 +1,16 @@
 """Bearer API key → organization id; every /api/v1 route depends on it."""
 
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from litestar import Request
 from litestar.exceptions import NotAuthorizedException
 
 from application.billing import Billing
+from application.keys import ApiKeyGrant
+
+# Where api/security.py leaves the request's grant (or None), so routes need not look it up again.
+GRANT_SCOPE_KEY: Final = "tally.api_key_grant"
 
 
 def api_key_from(authorization: str | None) -> str | None:
@@ -20,17 +24,26 @@ def api_key_from(authorization: str | None) -> str | None:
     return key
 
 
-def authenticate(billing: Billing, authorization: str | None) -> UUID | None:
+def grant_for(billing: Billing, authorization: str | None) -> ApiKeyGrant | None:
+    """The grant of a valid (known, unrevoked, unexpired) key, or None."""
     api_key = api_key_from(authorization)
-    return billing.organization_for_api_key(api_key) if api_key else None
+    return billing.authenticate_api_key(api_key) if api_key else None
+
+
+def authenticate(billing: Billing, authorization: str | None) -> UUID | None:
+    grant = grant_for(billing, authorization)
+    return None if grant is None else grant.organization_id
 
 
 def provide_organization_id(request: Request[Any, Any, Any]) -> UUID:
-    billing: Billing = request.app.state.ledger.billing
-    organization_id = authenticate(billing, request.headers.get("authorization"))
-    if organization_id is None:
+    scope: dict[str, Any] = request.scope  # type: ignore[assignment]
+    if GRANT_SCOPE_KEY in scope:
+        grant: ApiKeyGrant | None = scope[GRANT_SCOPE_KEY]
+    else:
+        grant = grant_for(request.app.state.ledger.billing, request.headers.get("authorization"))
+    if grant is None:
         raise NotAuthorizedException()
-    return organization_id
+    return grant.organization_id
 
 
 def provide_billing(request: Request[Any, Any, Any]) -> Billing:

@@ -24,6 +24,7 @@ from application.errors import (
     NotFoundError,
 )
 from application.metering import BatchSizeError, EventRejectedError
+from domain.customer import CustomerNotErasableError
 from domain.errors import InvalidValueError, NotAllowedError
 
 logger = logging.getLogger("tally.api")
@@ -38,6 +39,7 @@ TITLES: Final = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Payload Too Large",  # Rails' name (Rack::Utils::HTTP_STATUS_CODES).
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
@@ -59,6 +61,22 @@ class MissingRootKeyError(Exception):
     def __init__(self, root: str) -> None:
         super().__init__(f"param is missing or the value is empty: {root}")
         self.root = root
+
+
+class PaymentRetryStatusError(Exception):
+    """Only a finalized invoice whose payment failed can be retried (Lago's invalid_status).
+
+    Raised by the invoices controller until payments give the Invoice aggregate a retry command.
+    """
+
+    def __init__(self, invoice_id: object, status: str, payment_status: str) -> None:
+        super().__init__(
+            f"Invoice {invoice_id} is {status} with payment {payment_status}: only a failed "
+            "payment of a finalized invoice can be retried."
+        )
+        self.invoice_id = invoice_id
+        self.status = status
+        self.payment_status = payment_status
 
 
 class BadQueryError(Exception):
@@ -143,6 +161,8 @@ PROBLEMS: Final[dict[type[Exception], Callable[[Any], Response[dict[str, Any]]]]
     RequestBodyError: lambda e: _validation(e.field, e.reason, str(e)),
     BadQueryError: lambda e: _validation(e.field, e.reason, str(e)),
     NotAllowedError: lambda e: problem(405, str(e), e.code),
+    CustomerNotErasableError: lambda e: problem(405, str(e), e.code, {"customer": e.reasons}),
+    PaymentRetryStatusError: lambda e: problem(405, str(e), "invalid_status"),
     EventRejectedError: lambda e: problem(
         422,
         str(e),

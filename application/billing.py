@@ -1,17 +1,22 @@
 """Billing: the one eventsourcing Application; a method per command or query."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError, Mapper
 
 from application.base import BillingBase, HistoryEntry, history_entry
 from application.catalog import CatalogCommands
 from application.errors import AlreadyExistsError, NotFoundError
+from application.keys import ApiKeyCommands
+from application.personal_data import PersonalDataCommands, PersonalDataKeys, PersonalDataMapper
 from application.plans import PlanCommands
+from application.projections import IndexView
 from application.subscriptions import SubscriptionCommands
+from application.vat import EuVatCommands
 from domain import ids
 from domain.customer import Customer
 from domain.organization import ApiKey, Organization, api_key_hash, new_api_key
@@ -19,8 +24,40 @@ from domain.organization import ApiKey, Organization, api_key_hash, new_api_key
 __all__ = ["Billing", "HistoryEntry"]
 
 
-class Billing(SubscriptionCommands, PlanCommands, CatalogCommands, BillingBase):
+class Billing(
+    ApiKeyCommands,
+    PersonalDataCommands,
+    EuVatCommands,
+    SubscriptionCommands,
+    PlanCommands,
+    CatalogCommands,
+    BillingBase,
+):
     name = "tally"  # Stable: it names the PostgreSQL tables and the environment prefix.
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        index_view: Callable[[InfrastructureFactory[Any]], IndexView] | None = None,
+        personal_data: Callable[[InfrastructureFactory[Any]], PersonalDataKeys] | None = None,
+    ) -> None:
+        """personal_data builds the data-key store on this application's store; without it
+        (bare unit tests) customer events are stored unsealed (application/personal_data.py)."""
+        self._personal_data_factory = personal_data
+        self.personal_data = None
+        super().__init__(env, index_view=index_view)
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """The library's mapper, sealing personal data with the customers' keys."""
+        if self._personal_data_factory is not None:
+            self.personal_data = self._personal_data_factory(self.factory)
+        return PersonalDataMapper(
+            transcoder=self.construct_transcoder(),
+            compressor=self.factory.compressor(),
+            cipher=self.factory.cipher(),
+            keys=self.personal_data,
+        )
 
     # Organizations and API keys.
 
@@ -29,19 +66,22 @@ class Billing(SubscriptionCommands, PlanCommands, CatalogCommands, BillingBase):
         organization = Organization.create(name)
         api_key = new_api_key()
         key_hash = api_key_hash(api_key)
-        organization.issue_api_key(key_hash)
+        organization.issue_api_key(key_hash, self.now())
         try:
             self.save(organization, ApiKey.create(organization.id, key_hash))
         except IntegrityError:
             raise AlreadyExistsError("name", organization.name) from None
         return organization, api_key
 
-    def issue_api_key(self, organization_id: UUID) -> str:
-        organization = self.organization(organization_id)
-        api_key = new_api_key()
-        key_hash = api_key_hash(api_key)
-        organization.issue_api_key(key_hash)
-        self.save(organization, ApiKey.create(organization.id, key_hash))
+    def issue_api_key(
+        self,
+        organization_id: UUID,
+        *,
+        scope: str = "full",
+        expires_at: datetime | None = None,
+    ) -> str:
+        """Another key of the organization (application/keys.py); returned once, never stored."""
+        _, api_key = self.create_api_key(organization_id, scope=scope, expires_at=expires_at)
         return api_key
 
     def organization(self, organization_id: UUID) -> Organization:
@@ -63,18 +103,6 @@ class Billing(SubscriptionCommands, PlanCommands, CatalogCommands, BillingBase):
         except AggregateNotFoundError:
             return None
         return organization
-
-    def organization_for_api_key(self, api_key: str) -> UUID | None:
-        """The organization that owns this key, or None; keys are looked up by their hash."""
-        key_hash = api_key_hash(api_key)
-        organization_id = self._organization_by_key_hash.get(key_hash)
-        if organization_id is None:
-            try:
-                record: ApiKey = self.repository.get(ids.api_key_index_id(key_hash))
-            except AggregateNotFoundError:
-                return None
-            organization_id = self._organization_by_key_hash[key_hash] = record.organization_id
-        return organization_id
 
     # Customers.
 

@@ -3,16 +3,23 @@
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
 
 from application.billing import Billing
 from application.errors import NotFoundError
+from application.fresh_aggregates import FreshAggregates
 from application.rating import RatedCharge, Rating
+from domain import ids
+from domain.customer import Customer
 from domain.errors import NotAllowedError
 from domain.periods import Period, local_date
 from domain.subscription import Subscription
 from domain.taxes import InvoiceTaxes, applicable_tax_codes, invoice_taxes
+
+A = TypeVar("A", Customer, Subscription)
 
 
 class NoActiveSubscriptionError(NotAllowedError):
@@ -56,9 +63,23 @@ class UsageQueries:
     ) -> CustomerUsage:
         """Lago's current_usage: the open charges period, from its start to now."""
         billing = self.billing
-        customer = billing.customer(organization_id, external_customer_id)
-        subscription: Subscription = billing.subscription(
-            organization_id, external_subscription_id, None
+        aggregates = self.rating.aggregates
+        aggregates.refresh()
+        customer = _owned(
+            aggregates,
+            Customer,
+            ids.customer_id(organization_id, external_customer_id),
+            organization_id,
+            NotFoundError("customer", external_customer_id),
+        )
+        if customer.deleted:
+            raise NotFoundError("customer", external_customer_id)
+        subscription = _owned(
+            aggregates,
+            Subscription,
+            ids.subscription_id(organization_id, external_subscription_id),
+            organization_id,
+            NotFoundError("subscription", external_subscription_id),
         )
         if subscription.external_customer_id != external_customer_id:
             raise NotFoundError("subscription", external_subscription_id)
@@ -68,7 +89,7 @@ class UsageQueries:
                 f"Subscription {external_subscription_id} is not active."
             )
         ref = subscription.plan_at(now)
-        plan: Any = billing.repository.get(ref.plan_id)  # domain.plan.Plan
+        plan: Any = aggregates.get(ref.plan_id)  # domain.plan.Plan
         definition = plan.definition(ref.plan_version)
         schedule = subscription.schedule_at(now).charges_schedule(
             bool(definition.get("bill_charges_monthly"))
@@ -83,7 +104,9 @@ class UsageQueries:
         )
         lines: list[tuple[int, list[tuple[str, Decimal]]]] = []
         if apply_taxes:
-            rates = _tax_rates(billing, organization_id)
+            rates = aggregates.memo(
+                ("tax_rates", organization_id), lambda: _tax_rates(billing, organization_id)
+            )
             default_codes = [code for code, (_, default) in rates.items() if default]
             for charge in charges:
                 codes = applicable_tax_codes(
@@ -102,6 +125,23 @@ class UsageQueries:
             charges=charges,
             taxes=invoice_taxes(lines),
         )
+
+
+def _owned(
+    aggregates: FreshAggregates,
+    cls: type[A],
+    aggregate_id: UUID,
+    organization_id: UUID,
+    missing: NotFoundError,
+) -> A:
+    """As Billing._get, from the cache: another organization's looks like a missing one."""
+    try:
+        aggregate = aggregates.get(aggregate_id)
+    except AggregateNotFoundError:
+        raise missing from None
+    if not isinstance(aggregate, cls) or aggregate.organization_id != organization_id:
+        raise missing
+    return aggregate
 
 
 def _tax_rates(billing: Billing, organization_id: UUID) -> dict[str, tuple[Decimal, bool]]:

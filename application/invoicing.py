@@ -3,8 +3,9 @@
 At each boundary (a period end in the customer's time zone) a customer's subscriptions with
 something to bill go on one invoice (Lago's consolidate_invoice): base fees in arrears or in
 advance, the closing charges period's usage, minimum true-ups, and adjustments for late usage
-of periods already invoiced. An invoice covers exactly the usage events with a sequence at or
-below its watermark, read from the raw log, so the audit recomputes it with the same inputs.
+of periods already invoiced. An invoice covers exactly the usage events at or below its
+watermark (application/usage_log.py: positions), read from the raw log, so the audit
+recomputes it with the same inputs.
 Its id derives from (customer, currency, boundary): running twice, or concurrently, collides.
 """
 
@@ -22,11 +23,14 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from application.billing import Billing
+from application.credit_notes import available_credit_notes, issue_credit_note
 from application.errors import ConcurrencyConflictError, NotFoundError
 from application.rating import Rating
 from application.usage_log import UsageLog
+from application.wallets import apply_wallets, settle_top_up
 from domain import ids
 from domain.charges import charge_minimum_true_up_cents, minimum_commitment_true_up_cents
+from domain.credit_note import CreditNote, CreditNoteAmounts
 from domain.customer import Customer
 from domain.invoice import Invoice, NumberSequence, document_prefix, invoice_number
 from domain.invoicing import (
@@ -37,9 +41,16 @@ from domain.invoicing import (
     true_up_line,
 )
 from domain.limits import COMMAND_RETRIES_MAX
-from domain.money import CURRENCY_EXPONENTS
+from domain.money import CURRENCY_EXPONENTS, prorate_cents
 from domain.organization import Organization
-from domain.periods import BillingSchedule, Period, local_date
+from domain.periods import (
+    BillingSchedule,
+    Period,
+    base_fee_period,
+    local_date,
+    local_days,
+    local_midnight_at,
+)
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes
 
@@ -126,6 +137,9 @@ class Invoicing:
                     self._bill_boundary(
                         draft, subscription, boundary, watermark, previous_watermark
                     )
+            for subscription in subscriptions:
+                # Before the boundary's invoice, so that invoice consumes the credit (§5.6).
+                self._lifecycle_credit_notes(subscription, boundary, now)
             for draft in drafts.values():
                 invoice = draft.issued
                 if invoice is None and draft.billing_periods:
@@ -198,10 +212,12 @@ class Invoicing:
                     return invoice
                 invoice.refresh(draft.billing_periods, fees, watermark, used_rates)
             sequence = None
+            credits: list[CreditNote] = []
             if now >= draft.boundary + timedelta(days=grace_days):
+                credits = self._apply_customer_credit(invoice)
                 sequence = self._finalize(invoice, now, timezone, grace_days > 0)
             try:
-                self.billing.save(invoice, sequence)
+                self.billing.save(invoice, sequence, *credits)
             except IntegrityError:
                 continue  # Another run created it, or took the number: reload and decide again.
             self.billing.catch_up()
@@ -228,6 +244,144 @@ class Invoicing:
             finalized_on if on_finalization_date else invoice.issuing_date,
         )
         return sequence
+
+    # Credit notes: the customer's credit at finalization (§8.2), and the lifecycle notes
+    # for the unused days of a base fee paid in advance (§5.6, §5.7).
+
+    def _apply_customer_credit(self, invoice: Invoice) -> list[Any]:
+        """Let the customer's credit notes with a balance, oldest first, pay the draft's total
+        after tax. The notes are saved with the finalization, in the same transaction."""
+        due_cents = invoice.totals.total_amount_cents
+        consumed: list[CreditNote] = []
+        if due_cents <= 0:
+            return consumed
+        notes = available_credit_notes(
+            self.billing, invoice.organization_id, invoice.external_customer_id
+        )
+        for note in notes:
+            if note.currency != invoice.currency:
+                continue
+            applied_cents = note.consume(invoice.id, due_cents, invoice.currency)
+            if applied_cents > 0:
+                invoice.apply_credit(note.id, applied_cents)
+                consumed.append(note)
+                due_cents -= applied_cents
+            if due_cents <= 0:
+                break
+        # Then the wallets (§6.3), saved with the finalization too.
+        return [*consumed, *apply_wallets(self.billing, invoice)]
+
+    def _lifecycle_credit_notes(
+        self, subscription: Subscription, boundary: datetime, now: datetime
+    ) -> list[CreditNote]:
+        """A credit note for each phase of a plan paid in advance that ends at this boundary
+        before its period does: a termination (on_termination_credit_note) or an immediate
+        plan change (upgrade, new overrides: credit only). Idempotent: the invoice records
+        each note's origin, so a rerun or a racing run issues it once."""
+        issued = []
+        phases = list(_phases(subscription))
+        for position, (phase, phase_end) in enumerate(phases):
+            if phase_end != boundary:
+                continue
+            if subscription.ended_at is not None and phase_end == subscription.ended_at:
+                kind, mode = "termination", subscription.on_termination_credit_note or "credit"
+            elif position + 1 < len(phases) and phases[position + 1][0].reason in (
+                "upgrade",
+                "overrides",
+            ):
+                kind, mode = "upgrade", "credit"  # §5.6: upgrades allow credit only.
+            else:
+                continue
+            if mode == "skip":
+                continue
+            note = self._unused_base_fee_credit_note(
+                subscription, phase, phase_end, kind, mode, now
+            )
+            if note is not None:
+                issued.append(note)
+        return issued
+
+    def _unused_base_fee_credit_note(
+        self,
+        subscription: Subscription,
+        phase: Phase,
+        phase_end: datetime,
+        kind: str,
+        mode: str,
+        now: datetime,
+    ) -> CreditNote | None:
+        definition = self._plan(phase).definition(phase.plan.plan_version)
+        if not definition["pay_in_advance"]:
+            return None
+        schedule = _schedule(subscription, phase)
+        index = schedule.index_at(phase_end - timedelta(microseconds=1))
+        full = schedule.full_period(index)
+        timezone = subscription.timezone
+        # The day of a termination counts as used (§5.7); a plan change starts at a midnight,
+        # so the switch day is credited (§5.6).
+        day = local_date(phase_end, timezone)
+        if local_midnight_at(day, timezone) < phase_end:
+            day += timedelta(days=1)
+        unused = full.clamp(start_at=local_midnight_at(day, timezone))
+        unused = None if unused is None else base_fee_period(unused, subscription.trial_ended_at())
+        if unused is None:
+            return None
+        fee_key = f"subscription:{subscription.external_id}:{period_key(full)}"
+        origin = f"{kind}:{subscription.external_id}:{phase_end.isoformat()}"
+        unused_cents = prorate_cents(
+            definition["amount_cents"], local_days(unused, timezone), local_days(full, timezone)
+        )
+        for _ in range(COMMAND_RETRIES_MAX):
+            invoice = self._advance_invoice(subscription, schedule.period(index).start_at, fee_key)
+            if invoice is None or invoice.status != "finalized":
+                return None  # Not invoiced yet, a draft in its grace period, or voided.
+            if origin in invoice.credit_note_origins:
+                return None  # Issued by an earlier run.
+            fee = next(f for f in invoice.fees if f.key == fee_key)
+            # Capped at the base fee minus earlier credit notes on it (§5.7).
+            cents = min(unused_cents, fee.amount_cents - invoice.credited_fee_cents.get(fee_key, 0))
+            if cents <= 0:
+                return None
+            amounts = invoice.credit_note_amounts({fee_key: cents})
+            credit, refund, offset = _lifecycle_split(mode, invoice, fee_key, amounts)
+            aggregates = issue_credit_note(
+                self.billing,
+                invoice,
+                {fee_key: cents},
+                credit_amount_cents=credit,
+                refund_amount_cents=refund,
+                offset_amount_cents=offset,
+                reason="order_cancellation" if kind == "termination" else "order_change",
+                description=None,
+                origin=origin,
+                now=now,
+            )
+            try:
+                self.billing.save(*aggregates)
+            except IntegrityError:
+                continue  # Another run or note changed the invoice: reload and decide again.
+            self.billing.catch_up()
+            note: CreditNote = aggregates[0]
+            return note
+        raise ConcurrencyConflictError("invoice", fee_key)
+
+    def _advance_invoice(
+        self, subscription: Subscription, billed_at: datetime, fee_key: str
+    ) -> Invoice | None:
+        """The invoice that billed a base fee in advance: the customer's invoice of the period
+        start, or the subscription's own one (backdated after the consolidated one was final)."""
+        phase = subscription.phase_at(billed_at)
+        key = [str(subscription.customer_id), phase.plan.amount_currency, billed_at.isoformat()]
+        for parts in (key, [*key, subscription.external_id]):
+            try:
+                invoice: Invoice = self.billing.repository.get(
+                    ids.invoice_id(subscription.organization_id, *parts)
+                )
+            except AggregateNotFoundError:
+                continue
+            if any(fee["key"] == fee_key for fee in invoice.fee_events):
+                return invoice
+        return None
 
     # One subscription at one boundary.
 
@@ -264,7 +418,7 @@ class Invoicing:
                     definition,
                     closing,
                     subscription.timezone,
-                    up_to_sequence=watermark,
+                    up_to_position=watermark,
                 )
                 for charge in rated:
                     charge_lines = [
@@ -418,16 +572,17 @@ class Invoicing:
         late_periods: set[int] = set()
         first = _period_at(charges, phase.starts_at)
         for charge in definition.get("charges", []):
-            for stored in self.usage.events(
+            # Only what changed between the two watermarks: appended or voided since.
+            for stored in self.usage.events_since(
                 subscription.organization_id,
                 subscription.external_id,
                 charge["billable_metric_code"],
                 first.start_at,
                 closing.start_at,
+                previous,
                 watermark,
             ):
-                if stored.sequence > previous:
-                    late_periods.add(charges.index_at(stored.event.timestamp))
+                late_periods.add(charges.index_at(stored.event.timestamp))
         lines = []
         for index in sorted(late_periods):
             period = charges.period(index)
@@ -439,7 +594,7 @@ class Invoicing:
                     definition,
                     period,
                     subscription.timezone,
-                    up_to_sequence=watermark,
+                    up_to_position=watermark,
                 )
                 for f in c.fees
             }
@@ -451,7 +606,7 @@ class Invoicing:
                     definition,
                     period,
                     subscription.timezone,
-                    up_to_sequence=previous,
+                    up_to_position=previous,
                 )
                 for f in c.fees
             }
@@ -484,9 +639,10 @@ class Invoicing:
             if invoice.status != "draft":
                 raise NotFoundError("invoice", invoice_id)  # Lago: only drafts are found here.
             customer: Customer = self.billing.repository.get(invoice.customer_id)
+            credits = self._apply_customer_credit(invoice)
             sequence = self._finalize(invoice, now, customer.timezone or "UTC", True)
             try:
-                self.billing.save(invoice, sequence)
+                self.billing.save(invoice, sequence, *credits)
             except IntegrityError:
                 continue
             self.billing.catch_up()
@@ -501,6 +657,33 @@ class Invoicing:
 
         return self.billing._command("invoice", invoice_id, decide)
 
+    def refresh(self, organization_id: UUID, invoice_id: UUID, now: datetime) -> Invoice:
+        """Lago's refresh: recompute a draft with the usage received since, through the billing
+        run's own path (its customer billed at `now`, so a draft whose grace period is over is
+        finalized, as the next run would). Anything but a draft comes back unchanged, as from
+        Lago's Invoices::RefreshDraftService."""
+        invoice = self.invoice(organization_id, invoice_id)
+        if invoice.status != "draft":
+            return invoice
+        subscriptions = [
+            subscription
+            for subscription in self.billing._all(
+                Subscription, "subscription", organization_id, invoice.external_customer_id
+            )
+            if subscription.canceled_at is None and subscription.subscription_at <= now
+        ]
+        self.bill_customer(organization_id, invoice.external_customer_id, subscriptions, now)
+        return self.invoice(organization_id, invoice_id)
+
+    def invoice_history(self, organization_id: UUID, invoice_id: UUID) -> list[Invoice]:
+        """The invoice as it was after each of its events, oldest first (version 1 to latest)."""
+        latest = self.invoice(organization_id, invoice_id)
+        missing = NotFoundError("invoice", invoice_id)
+        return [
+            self.billing._get(Invoice, invoice_id, organization_id, missing, version=version)
+            for version in range(1, latest.version)
+        ] + [latest]
+
     def set_payment_status(
         self, organization_id: UUID, invoice_id: UUID, payment_status: str
     ) -> Invoice:
@@ -509,7 +692,9 @@ class Invoicing:
             invoice.set_payment_status(payment_status)
             return invoice
 
-        return self.billing._command("invoice", invoice_id, decide)
+        invoice = self.billing._command("invoice", invoice_id, decide)
+        settle_top_up(self.billing, invoice)  # A paid credit invoice settles its credits (§6.2).
+        return invoice
 
     def invoices(
         self,
@@ -746,3 +931,35 @@ def _adjusted(line: FeeLine, delta_cents: int, exponent: int) -> FeeLine:
         precise_amount_cents=Decimal(delta_cents),
         unit_amount=Decimal(delta_cents).scaleb(-exponent),
     )
+
+
+def _lifecycle_split(
+    mode: str, invoice: Invoice, fee_key: str, amounts: CreditNoteAmounts
+) -> tuple[int, int, int]:
+    """§5.7: (credit, refund, offset) of a termination credit note.
+
+    refund = min(total, paid share − used), where the paid share is the fee's part (tax
+    included) of what was paid and used is the fee's amount (tax included) not credited now;
+    offset (mode offset) takes what is still due; credit takes the rest.
+    """
+    total_cents = amounts.total_amount_cents
+    if mode == "credit":
+        return total_cents, 0, 0
+    assert mode in ("refund", "offset"), mode
+    totals = invoice.totals
+    position = next(i for i, fee in enumerate(invoice.fees) if fee.key == fee_key)
+    fee_cents = (
+        invoice.fees[position].amount_cents + totals.taxes.lines[position].taxes_amount_cents
+    )
+    billed_cents = totals.sub_total_including_taxes_amount_cents
+    paid_share_cents = (
+        fee_cents * invoice.total_paid_amount_cents // billed_cents if billed_cents > 0 else 0
+    )
+    used_cents = fee_cents - total_cents
+    refund = max(
+        0, min(total_cents, paid_share_cents - used_cents, invoice.refundable_amount_cents)
+    )
+    offset = 0
+    if mode == "offset":
+        offset = min(total_cents - refund, invoice.offsettable_amount_cents)
+    return total_cents - refund - offset, refund, offset

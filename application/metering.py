@@ -5,7 +5,7 @@ a subscription that does not cover the timestamp, a missing or non-numeric aggre
 an undeclared filter value is a 422 naming the event and the field. A batch is all or nothing.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -16,6 +16,7 @@ from eventsourcing.application import AggregateNotFoundError
 
 from application.base import BillingBase
 from application.errors import ApplicationError, NotFoundError, TransactionIdConflictError
+from application.fresh_aggregates import FreshAggregates
 from application.usage_log import StoredUsage, UsageLog
 from domain import ids
 from domain.billable_metric import BillableMetric
@@ -76,6 +77,9 @@ class Metering:
         self.billing = billing
         self.usage = usage
         self.batch_max = batch_max
+        self.aggregates = FreshAggregates.of(billing)
+        # Called after each commit of usage (the top-up worker): they must only enqueue.
+        self.observers: list[Callable[[UUID, list[StoredUsage]], None]] = []
 
     def ingest(
         self, organization_id: UUID, events: Sequence[EventInput], *, batch: bool
@@ -90,7 +94,8 @@ class Metering:
         if batch and len(events) > self.batch_max:
             raise BatchSizeError("too_many_events", len(events), self.batch_max)
         received_at = self.billing.now().astimezone(UTC)
-        context = _Context(self.billing, organization_id)
+        self.aggregates.refresh()
+        context = _Context(self.aggregates, organization_id)
         records = []
         for position, event in enumerate(events):
             index = position if batch else None
@@ -99,7 +104,7 @@ class Metering:
             except InvalidValueError as error:
                 raise EventRejectedError(index, error.field, error.reason, str(error)) from None
         try:
-            return self.usage.append(records)
+            stored = self.usage.append(records)
         except TransactionIdConflictError as error:
             raise EventRejectedError(
                 error.index if batch else None,
@@ -107,6 +112,26 @@ class Metering:
                 "value_already_exist",
                 str(error),
             ) from None
+        for observer in self.observers:
+            observer(organization_id, stored)
+        return stored
+
+    def void(
+        self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
+    ) -> StoredUsage:
+        """Void a stored event (Tally extension): its reversal goes into the log, its usage out
+        of current usage, and invoices at a later watermark; nothing is deleted. Voiding it
+        again answers the same (the first void's time)."""
+        subscription = _required(external_subscription_id, "external_subscription_id")
+        voided = self.usage.void(
+            organization_id,
+            transaction_id,
+            subscription,
+            self.billing.now().astimezone(UTC),
+        )
+        if voided is None:
+            raise NotFoundError("event", transaction_id)
+        return voided
 
     def event(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
@@ -120,8 +145,8 @@ class Metering:
 class _Context:
     """What validating one request needs, loaded once per subscription and metric."""
 
-    def __init__(self, billing: BillingBase, organization_id: UUID) -> None:
-        self.billing = billing
+    def __init__(self, aggregates: FreshAggregates, organization_id: UUID) -> None:
+        self.aggregates = aggregates
         self.organization_id = organization_id
         self.subscriptions: dict[str, Subscription | None] = {}
         self.metrics: dict[str, BillableMetric | None] = {}
@@ -166,7 +191,7 @@ class _Context:
     def _metric(self, code: str) -> BillableMetric:
         if code not in self.metrics:
             try:
-                metric: BillableMetric = self.billing.repository.get(
+                metric: BillableMetric = self.aggregates.get(
                     ids.billable_metric_id(self.organization_id, code)
                 )
             except AggregateNotFoundError:
@@ -181,7 +206,7 @@ class _Context:
     def _subscription(self, external_id: str) -> Subscription:
         if external_id not in self.subscriptions:
             try:
-                subscription: Subscription = self.billing.repository.get(
+                subscription: Subscription = self.aggregates.get(
                     ids.subscription_id(self.organization_id, external_id)
                 )
             except AggregateNotFoundError:
@@ -201,7 +226,7 @@ class _Context:
         cache_key = (plan.plan_id, plan.plan_version, code)
         if cache_key not in self.group_keys:
             keys: list[str] = []
-            definition = _plan_definition(self.billing, plan.plan_id, plan.plan_version)
+            definition = _plan_definition(self.aggregates, plan.plan_id, plan.plan_version)
             for charge in definition.get("charges", []):
                 if charge["billable_metric_code"] == code:
                     keys.extend(pricing_group_keys(charge["properties"]))
@@ -211,8 +236,8 @@ class _Context:
         return self.group_keys[cache_key]
 
 
-def _plan_definition(billing: BillingBase, plan_id: UUID, version: int) -> dict[str, Any]:
-    plan: Any = billing.repository.get(plan_id)  # domain.plan.Plan
+def _plan_definition(aggregates: FreshAggregates, plan_id: UUID, version: int) -> dict[str, Any]:
+    plan: Any = aggregates.get(plan_id)  # domain.plan.Plan
     definition: dict[str, Any] = plan.definition(version)
     return definition
 

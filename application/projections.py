@@ -18,12 +18,14 @@ from eventsourcing.utils import get_topic
 
 from application.ports import IndexEntry
 from domain.billable_metric import BillableMetric
+from domain.credit_note import CreditNote
 from domain.customer import Customer
 from domain.invoice import Invoice
 from domain.organization import Organization
 from domain.plan import Plan
 from domain.subscription import Subscription
 from domain.tax import Tax
+from domain.wallet import Wallet
 
 CATCH_UP_BATCH = 500
 
@@ -122,6 +124,8 @@ INDEXED: dict[type[Any], tuple[str, str, str | None, str]] = {
     Subscription.Created: ("subscription", "external_id", "external_customer_id", "active"),
     Organization.Created: ("organization", "name", None, "active"),
     Invoice.Created: ("invoice", "originator_id", "external_customer_id", "draft"),
+    CreditNote.Created: ("credit_note", "number", "external_customer_id", "available"),
+    Wallet.Created: ("wallet", "originator_id", "external_customer_id", "active"),  # Code optional.
 }
 # Events that change a resource's status in the index.
 STATUSES: dict[type[Any], str] = {
@@ -132,6 +136,14 @@ STATUSES: dict[type[Any], str] = {
     Invoice.Finalized: "finalized",
     Invoice.Voided: "voided",
     Plan.Deleted: "deleted",  # Only catalog plans are deleted (Plan.delete).
+    CreditNote.Consumed: "consumed",
+    CreditNote.Voided: "voided",
+    Wallet.Terminated: "terminated",
+}
+# Events whose status is one of their fields (the table's status is then only a default).
+STATUS_FIELDS: dict[type[Any], str] = {
+    CreditNote.Created: "credit_status",
+    CreditNote.Consumed: "credit_status",
 }
 
 
@@ -142,6 +154,7 @@ class ResourceIndexProjection(Projection[IndexView]):
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
         if type(domain_event) in INDEXED:
             kind, key, parent, status = INDEXED[type(domain_event)]
+            status = _status(domain_event, status)
             entry = IndexEntry(
                 kind=kind,
                 # An organization indexes itself.
@@ -156,10 +169,15 @@ class ResourceIndexProjection(Projection[IndexView]):
             )
             self.view.insert_entry(entry, tracking)
         elif type(domain_event) in STATUSES:
-            status = STATUSES[type(domain_event)]
+            status = _status(domain_event, STATUSES[type(domain_event)])
             self.view.set_status(domain_event.originator_id, status, tracking)
         else:
             self.view.insert_tracking(tracking)  # An event we ignore still advances the position.
+
+
+def _status(domain_event: Any, default: str) -> str:
+    field = STATUS_FIELDS.get(type(domain_event))
+    return default if field is None else str(getattr(domain_event, field))
 
 
 class CatchUp:

@@ -12,6 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from application.base import BillingBase
+from application.fresh_aggregates import FreshAggregates
 from application.usage_log import UsageLog
 from domain import ids
 from domain.billable_metric import BillableMetric
@@ -44,11 +45,10 @@ class Rating:
     def __init__(self, billing: BillingBase, usage: UsageLog) -> None:
         self.billing = billing
         self.usage = usage
+        self.aggregates = FreshAggregates.of(billing)
 
     def metric(self, organization_id: UUID, code: str) -> tuple[BillableMetric, MetricRule]:
-        metric: BillableMetric = self.billing.repository.get(
-            ids.billable_metric_id(organization_id, code)
-        )
+        metric: BillableMetric = self.aggregates.get(ids.billable_metric_id(organization_id, code))
         return metric, MetricRule.from_definition(code, metric.definition)
 
     def rate_charges(
@@ -59,20 +59,22 @@ class Rating:
         period: Period,
         timezone: str,
         *,
-        up_to_sequence: int | None = None,
+        up_to_position: int | None = None,
     ) -> list[RatedCharge]:
         """Every charge of the plan version over the period (events with timestamps in it).
 
-        With up_to_sequence, only the raw log up to that watermark is read (the audit's path);
-        without, rollups serve what they can.
+        With up_to_position (a watermark), only the raw log as it stood at that watermark is
+        read: events at or below it, less those voided at or below it (the invoices' and the
+        audit's path); without, rollups serve what they can.
         """
         currency = plan_definition["amount_currency"]
+        self.aggregates.refresh()  # Metric definitions as they are now.
         rated = []
         for charge in plan_definition.get("charges", []):
             # A deleted metric still rates the plan versions that used it.
             metric, rule = self.metric(organization_id, charge["billable_metric_code"])
             use_events = (
-                up_to_sequence is not None
+                up_to_position is not None
                 or needs_events(charge, rule)
                 or not _aligned(period.start_at)
                 or not _aligned(period.end_at)
@@ -85,7 +87,7 @@ class Rating:
                     rule.code,
                     start,
                     period.end_at,
-                    up_to_sequence,
+                    up_to_position,
                 )
                 aggregates = aggregate_events(
                     charge,

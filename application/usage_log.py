@@ -7,7 +7,7 @@ its own tables. This module holds the port, the record type and the in-memory im
 import json
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -34,8 +34,13 @@ class StoredUsage:
 
     `value` is the metric's numeric field (None for count and unique count metrics), `dimensions`
     the values of the keys rollups group by (the metric's filter keys and the charges' pricing
-    group keys, sorted), `fingerprint` domain.usage.payload_fingerprint(event), and `sequence`
-    the log position (0 before the log assigns it; strictly increasing in commit order).
+    group keys, sorted), `fingerprint` domain.usage.payload_fingerprint(event).
+
+    The log assigns the rest (0 and None before): `sequence` orders the log (increasing in
+    insertion order, unique; used for paging, not for watermarks), `position` places the record
+    against a watermark (see UsageLog.watermark: the writing transaction's id on PostgreSQL, the
+    sequence on SQLite and in memory), and `voided_at` is when the event was voided, if it was
+    (set by find, page and a re-send's answer; events() only returns events live at its bound).
     """
 
     event: UsageEvent
@@ -44,6 +49,8 @@ class StoredUsage:
     fingerprint: str
     received_at: datetime
     sequence: int = 0
+    position: int = 0
+    voided_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -56,18 +63,47 @@ class UsageTotal:
 
 
 class UsageLog(Protocol):
+    """Append-only usage: events and their reversals (voids), with rollups kept in step.
+
+    Positions and watermarks. Every record (an event, or the reversal that voids one) gets a
+    position when it is written. A watermark W is a position such that every write with a
+    position <= W has ended (committed or rolled back) when watermark() returns it: the set of
+    records at or below W is fixed from then on, however writers interleave. "At or below W"
+    means position <= W on every store: on PostgreSQL the position is the writing
+    transaction's id (xid8) and W is one less than the oldest transaction id still running
+    (pg_snapshot_xmin of a snapshot taken in its own statement); SQLite and memory have one
+    writer, so the position is the sequence and W is the highest committed one.
+    """
+
     def append(self, batch: Sequence[StoredUsage]) -> list[StoredUsage]:
         """Store a batch, all or nothing, and update the rollups in the same transaction.
 
-        Returns, for each input in order, the stored record: the new one with its sequence, or
-        for an identical re-send (same key, same fingerprint, stored before or earlier in the
-        batch) the record stored first, counted once. Raises TransactionIdConflictError naming
-        the first input whose key exists with another fingerprint; then nothing is stored.
+        Returns, for each input in order, the stored record: the new one with its sequence and
+        position, or for an identical re-send (same key, same fingerprint, stored before or
+        earlier in the batch) the record stored first, counted once (voided or not). Raises
+        TransactionIdConflictError naming the first input whose key exists with another
+        fingerprint; then nothing is stored.
+        """
+
+    def void(
+        self,
+        organization_id: UUID,
+        transaction_id: str,
+        external_subscription_id: str,
+        voided_at: datetime,
+    ) -> StoredUsage | None:
+        """Void an event: append its reversal (a record of its own, with its own position) and
+        take the event out of the rollups in the same transaction. Nothing is deleted.
+
+        Returns the event with its `voided_at`; voiding it again changes nothing and returns
+        the same. None if there is no such event.
         """
 
     def find(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
-    ) -> StoredUsage | None: ...
+    ) -> StoredUsage | None:
+        """An event (never a reversal) with its voided_at; without a subscription, the first
+        stored of that transaction id."""
 
     def page(
         self,
@@ -80,7 +116,8 @@ class UsageLog(Protocol):
         timestamp_from: datetime | None = None,
         timestamp_to: datetime | None = None,
     ) -> tuple[list[StoredUsage], int]:
-        """Events newest first (by timestamp, then sequence) and the total count."""
+        """Events, voided ones included (with voided_at), newest first (by timestamp, then
+        sequence), and the total count."""
 
     def totals(
         self,
@@ -90,7 +127,8 @@ class UsageLog(Protocol):
         start_at: datetime,
         end_at: datetime,
     ) -> list[UsageTotal]:
-        """From the rollups: one total per dimension combination over [start_at, end_at).
+        """From the rollups (voided events left out): one total per dimension combination over
+        [start_at, end_at).
 
         Both bounds are multiples of 15 minutes (every period boundary is).
         """
@@ -102,16 +140,34 @@ class UsageLog(Protocol):
         code: str,
         start_at: datetime,
         end_at: datetime,
-        up_to_sequence: int | None = None,
+        up_to_position: int | None = None,
     ) -> list[StoredUsage]:
-        """From the log itself: events with start_at <= timestamp < end_at (and sequence <=
-        up_to_sequence), ordered by (timestamp, transaction_id)."""
+        """From the log itself: events with start_at <= timestamp < end_at that are live at
+        up_to_position (an event at or below it whose reversal, if any, is above it), ordered by
+        (timestamp, transaction_id), voided_at None. Without a bound, every event not voided."""
+
+    def events_since(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        code: str,
+        start_at: datetime,
+        end_at: datetime,
+        after_position: int,
+        up_to_position: int,
+    ) -> list[StoredUsage]:
+        """Events with start_at <= timestamp < end_at appended, or voided, at a position above
+        after_position and at or below up_to_position: those whose presence may differ between
+        the two watermarks (late usage). Ordered as events(), voided_at None."""
 
     def watermark(self) -> int:
-        """The highest sequence committed; every event at or below it is visible."""
+        """A position at or above which nothing is still being written (see the class):
+        every record at or below it is visible, and no record at or below it will ever be
+        added. It never decreases."""
 
     def rebuild_rollups(self) -> int:
-        """Recompute every rollup from the log; returns the number of rollup rows."""
+        """Recompute every rollup from the log (voided events left out); returns the number of
+        rollup rows."""
 
 
 # --- Shared by every implementation: batch deduplication, dimensions, rollup rows -----------
@@ -189,19 +245,23 @@ def merge_rollup_rows(rows: Iterable[RollupRow]) -> RollupRow:
     return combine(rollup for rollup, _ in rows), precise
 
 
+def rollup_key(usage: StoredUsage) -> RollupKey:
+    """The key of the rollup row an event counts in."""
+    event = usage.event
+    return (
+        event.organization_id,
+        event.external_subscription_id,
+        event.code,
+        usage.dimensions,
+        bucket_start(event.timestamp),
+    )
+
+
 def rollup_rows(records: Iterable[StoredUsage]) -> dict[RollupKey, RollupRow]:
     """The rollup rows of some events, by key."""
     grouped: dict[RollupKey, list[RollupRow]] = defaultdict(list)
     for usage in records:
-        event = usage.event
-        key = (
-            event.organization_id,
-            event.external_subscription_id,
-            event.code,
-            usage.dimensions,
-            bucket_start(event.timestamp),
-        )
-        grouped[key].append(rollup_row(usage))
+        grouped[rollup_key(usage)].append(rollup_row(usage))
     return {key: merge_rollup_rows(rows) for key, rows in grouped.items()}
 
 
@@ -214,13 +274,20 @@ def check_bucket_aligned(start_at: datetime, end_at: datetime) -> None:
 
 
 class MemoryUsageLog:
-    """The usage log of unit and API tests: the same contract, in dictionaries, under a lock."""
+    """The usage log of unit and API tests: the same contract, in dictionaries, under a lock.
+
+    One writer at a time (the lock): the position of a record is its sequence, and the
+    watermark the last sequence given.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._records: list[StoredUsage] = []  # In sequence order.
+        self._records: list[StoredUsage] = []  # Events, in sequence order.
         self._by_key: dict[UsageKey, StoredUsage] = {}
+        # The reversal of each voided event: its sequence (= position) and when it was made.
+        self._voids: dict[UsageKey, tuple[int, datetime]] = {}
         self._rollups: dict[RollupKey, RollupRow] = {}
+        self._sequence = 0
 
     def append(self, batch: Sequence[StoredUsage]) -> list[StoredUsage]:
         for usage in batch:
@@ -234,37 +301,78 @@ class MemoryUsageLog:
             firsts, duplicates = dedupe_batch(batch, stored)  # Raises before any change.
             results: dict[int, StoredUsage] = {}
             added: list[StoredUsage] = []
-            sequence = self._records[-1].sequence if self._records else 0
             for index in firsts:
                 existing = self._by_key.get(usage_key(batch[index]))
                 if existing is None:
-                    sequence += 1
-                    existing = replace(batch[index], sequence=sequence)
+                    self._sequence += 1
+                    existing = replace(
+                        batch[index], sequence=self._sequence, position=self._sequence
+                    )
                     added.append(existing)
-                results[index] = existing
+                    self._by_key[usage_key(existing)] = existing
+                results[index] = self._found(existing)
             self._records.extend(added)
-            self._by_key.update((usage_key(record), record) for record in added)
             for key, row in rollup_rows(added).items():
                 self._rollups[key] = merge_rollup_rows(
                     [self._rollups.get(key, EMPTY_ROLLUP_ROW), row]
                 )
         return [results[duplicates.get(index, index)] for index in range(len(batch))]
 
+    def void(
+        self,
+        organization_id: UUID,
+        transaction_id: str,
+        external_subscription_id: str,
+        voided_at: datetime,
+    ) -> StoredUsage | None:
+        key = (organization_id, external_subscription_id, transaction_id)
+        with self._lock:
+            record = self._by_key.get(key)
+            if record is None:
+                return None
+            if key not in self._voids:
+                self._sequence += 1
+                self._voids[key] = (self._sequence, voided_at)
+                # Recompute the event's rollup row from the events still live in it.
+                bucket = rollup_key(record)
+                live = [r for r in self._records if rollup_key(r) == bucket and self._live(r)]
+                rows = rollup_rows(live)
+                if bucket in rows:
+                    self._rollups[bucket] = rows[bucket]
+                else:
+                    self._rollups.pop(bucket, None)
+            return self._found(record)
+
+    def _live(self, record: StoredUsage, up_to: int | None = None) -> bool:
+        """The event is at or below `up_to` (None: any) and not voided there."""
+        if up_to is not None and record.position > up_to:
+            return False
+        void = self._voids.get(usage_key(record))
+        return void is None or (up_to is not None and void[0] > up_to)
+
+    def _found(self, record: StoredUsage) -> StoredUsage:
+        void = self._voids.get(usage_key(record))
+        return record if void is None else replace(record, voided_at=void[1])
+
     def find(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
     ) -> StoredUsage | None:
         with self._lock:
             if external_subscription_id is not None:
-                return self._by_key.get((organization_id, external_subscription_id, transaction_id))
-            return next(
-                (
-                    record
-                    for record in self._records
-                    if record.event.organization_id == organization_id
-                    and record.event.transaction_id == transaction_id
-                ),
-                None,
-            )
+                found = self._by_key.get(
+                    (organization_id, external_subscription_id, transaction_id)
+                )
+            else:
+                found = next(
+                    (
+                        record
+                        for record in self._records
+                        if record.event.organization_id == organization_id
+                        and record.event.transaction_id == transaction_id
+                    ),
+                    None,
+                )
+            return None if found is None else self._found(found)
 
     def page(
         self,
@@ -279,7 +387,7 @@ class MemoryUsageLog:
     ) -> tuple[list[StoredUsage], int]:
         assert page >= 1 and per_page >= 1, (page, per_page)
         with self._lock:
-            records = list(self._records)
+            records = [self._found(record) for record in self._records]
         selected = [
             record
             for record in records
@@ -317,6 +425,27 @@ class MemoryUsageLog:
             totals.append(UsageTotal(dimensions, rollup, precise))
         return sorted(totals, key=lambda total: dimensions_text(total.dimensions))
 
+    def _select(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        code: str,
+        start_at: datetime,
+        end_at: datetime,
+        keep: Callable[[StoredUsage], bool],
+    ) -> list[StoredUsage]:
+        with self._lock:
+            selected = [
+                record
+                for record in self._records
+                if record.event.organization_id == organization_id
+                and record.event.external_subscription_id == external_subscription_id
+                and record.event.code == code
+                and start_at <= record.event.timestamp < end_at
+                and keep(record)
+            ]
+        return sorted(selected, key=lambda r: (r.event.timestamp, r.event.transaction_id))
+
     def events(
         self,
         organization_id: UUID,
@@ -324,26 +453,42 @@ class MemoryUsageLog:
         code: str,
         start_at: datetime,
         end_at: datetime,
-        up_to_sequence: int | None = None,
+        up_to_position: int | None = None,
     ) -> list[StoredUsage]:
-        with self._lock:
-            records = list(self._records)
-        selected = [
-            record
-            for record in records
-            if record.event.organization_id == organization_id
-            and record.event.external_subscription_id == external_subscription_id
-            and record.event.code == code
-            and start_at <= record.event.timestamp < end_at
-            and (up_to_sequence is None or record.sequence <= up_to_sequence)
-        ]
-        return sorted(selected, key=lambda r: (r.event.timestamp, r.event.transaction_id))
+        return self._select(
+            organization_id,
+            external_subscription_id,
+            code,
+            start_at,
+            end_at,
+            lambda record: self._live(record, up_to_position),
+        )
+
+    def events_since(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        code: str,
+        start_at: datetime,
+        end_at: datetime,
+        after_position: int,
+        up_to_position: int,
+    ) -> list[StoredUsage]:
+        def changed(record: StoredUsage) -> bool:
+            void = self._voids.get(usage_key(record))
+            return after_position < record.position <= up_to_position or (
+                void is not None and after_position < void[0] <= up_to_position
+            )
+
+        return self._select(
+            organization_id, external_subscription_id, code, start_at, end_at, changed
+        )
 
     def watermark(self) -> int:
         with self._lock:
-            return self._records[-1].sequence if self._records else 0
+            return self._sequence
 
     def rebuild_rollups(self) -> int:
         with self._lock:
-            self._rollups = rollup_rows(self._records)
+            self._rollups = rollup_rows(r for r in self._records if self._live(r))
             return len(self._rollups)

@@ -165,7 +165,7 @@ def postgres(url: str, events: list[StoredUsage], repetitions: int) -> None:
         show("candidate: PostgresUsageLog.append, 100/batch, 1 connection", runs["candidate"])
         show("baseline: binary COPY → temp → INSERT ON CONFLICT, 10k/txn", runs["baseline"])
         show("P3 duplicates: the same batches appended again", runs["duplicates"])
-        show("info: candidate with 4 connections (advisory lock)", runs["candidate_4"])
+        show("candidate with 4 connections (no lock: xid positions)", runs["candidate_4"])
         ratio("P1 (store level) candidate / baseline", runs["candidate"], runs["baseline"], 0.35)
         ratio("P3 duplicates / fresh", runs["duplicates"], runs["candidate"], 1.0)
         ratio("4 connections / 1 connection", runs["candidate_4"], runs["candidate"], None)

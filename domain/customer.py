@@ -1,4 +1,9 @@
-"""Customer: who is billed, with Lago's fields; identified by organization and external_id."""
+"""Customer: who is billed, with Lago's fields; identified by organization and external_id.
+
+Personal data (PERSONAL_TEXT_FIELDS, the shipping address but its country, metadata values) is
+held in clear here, in memory only: the application seals it with a per-customer key before any
+event is stored (application/personal_data.py), and erasure deletes that key (ADR 0017).
+"""
 
 import re
 from collections.abc import Mapping
@@ -10,7 +15,7 @@ from eventsourcing.domain import AggregateCreated, AggregateEvent, BaseAggregate
 
 from domain import ids
 from domain.countries import check_country
-from domain.errors import InvalidValueError
+from domain.errors import InvalidValueError, NotAllowedError
 from domain.limits import KEY_LENGTH_MAX, TEXT_LENGTH_MAX
 from domain.money import check_currency
 from domain.periods import check_timezone
@@ -67,6 +72,26 @@ FIELDS: Final = (
     "metadata",
     "tax_codes",
 )
+# Personal data: sealed with the customer's key in stored events, shown as ERASED once the key is
+# deleted. Country, currency, timezone, tax codes and settings stay in clear: billing, VAT and
+# audits need them, and alone they identify nobody.
+PERSONAL_TEXT_FIELDS: Final = (
+    "name",
+    "firstname",
+    "lastname",
+    "email",
+    "phone",
+    "url",
+    "address_line1",
+    "address_line2",
+    "city",
+    "state",
+    "zipcode",
+    "legal_name",
+    "legal_number",
+    "tax_identification_number",
+)
+ERASED: Final = "[erased]"  # What an erased value reads as, in every projection and replay.
 # Lago accepts several addresses separated by commas; each must look like one.
 EMAIL: Final = re.compile(r"^[^@\s,]+@[^@\s,]+\.[^@\s,]+$")
 NET_PAYMENT_TERM_MAX: Final = 3650  # Ten years: a longer term is a typing error.
@@ -159,6 +184,69 @@ def _check_metadata(value: Any) -> list[dict[str, Any]]:
     return list(entries.values())
 
 
+def split_personal(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Customer fields (or changes) as (clear part, personal values by path).
+
+    Paths are a field name ("email"), "shipping_address.<key>" (every key but the country) or
+    "metadata.<index>.value" (the keys and display flags of metadata entries stay in clear).
+    """
+    clear: dict[str, Any] = {}
+    personal: dict[str, Any] = {}
+    for field, value in values.items():
+        if field in PERSONAL_TEXT_FIELDS:
+            personal[field] = value
+        elif field == "shipping_address" and isinstance(value, Mapping):
+            clear[field] = {k: v for k, v in value.items() if k == "country"}
+            personal.update({f"{field}.{k}": v for k, v in value.items() if k != "country"})
+        elif field == "metadata" and isinstance(value, list):
+            clear[field] = [{k: v for k, v in entry.items() if k != "value"} for entry in value]
+            personal.update({f"{field}.{i}.value": entry["value"] for i, entry in enumerate(value)})
+        else:
+            clear[field] = value
+    return clear, personal
+
+
+def join_personal(clear: Mapping[str, Any], personal: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of split_personal: the clear part with the personal values put back."""
+    values: dict[str, Any] = dict(clear)
+    address: dict[str, Any] = dict(clear.get("shipping_address") or {})
+    metadata: list[dict[str, Any]] = [dict(entry) for entry in clear.get("metadata") or []]
+    for path, value in personal.items():
+        field, _, rest = path.partition(".")
+        if not rest:
+            values[field] = value
+        elif field == "shipping_address":
+            address[rest] = value
+            values[field] = address
+        else:
+            assert field == "metadata" and rest.endswith(".value"), path
+            index = int(rest.removesuffix(".value"))
+            entry = metadata[index]
+            metadata[index] = {"key": entry.get("key"), "value": value, **entry}
+    if "shipping_address" in clear:
+        values["shipping_address"] = address
+    if "metadata" in clear:
+        values["metadata"] = metadata
+    return values
+
+
+def erased(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields with every personal value replaced by ERASED."""
+    clear, personal = split_personal(values)
+    return join_personal(clear, dict.fromkeys(personal, ERASED))
+
+
+class CustomerNotErasableError(NotAllowedError):
+    """Personal data the law still requires us to keep (ADR 0017): `reasons` names each."""
+
+    code = "not_erasable"
+
+    def __init__(self, external_id: str, reasons: list[str]) -> None:
+        super().__init__(f"Customer '{external_id}' cannot be erased yet: {', '.join(reasons)}.")
+        self.external_id = external_id
+        self.reasons = reasons
+
+
 class Customer(BaseAggregate[UUID]):
     TOPIC = "tally.Customer"
 
@@ -183,6 +271,12 @@ class Customer(BaseAggregate[UUID]):
 
         TOPIC = "tally.Customer.Recreated"
         fields: dict[str, Any]
+
+    class Erased(Event):
+        """The customer's personal data erased (GDPR art. 17): its key is deleted after this."""
+
+        TOPIC = "tally.Customer.Erased"
+        erased_at: datetime
 
     @staticmethod
     def create_id(organization_id: UUID, external_id: str) -> UUID:
@@ -221,6 +315,14 @@ class Customer(BaseAggregate[UUID]):
         if not self.deleted:
             self._deleted()
 
+    def erase(self, at: datetime) -> bool:
+        """Erase the personal data (`at`: the application's clock); False when there is none
+        left to erase."""
+        if self.erased_at is not None and self.fields == erased(self.fields):
+            return False
+        self._erased(erased_at=at)
+        return True
+
     # Evolvers apply.
 
     @event(Created)
@@ -230,6 +332,7 @@ class Customer(BaseAggregate[UUID]):
         self.fields = dict(fields)
         self.deleted = False
         self.deleted_at: datetime | None = None
+        self.erased_at: datetime | None = None
 
     @event(Updated)
     def _updated(self, changes: dict[str, Any]) -> None:
@@ -246,6 +349,13 @@ class Customer(BaseAggregate[UUID]):
         self.deleted = False
         self.deleted_at = None
         self.recreated_at = self.modified_on
+
+    @event(Erased)
+    def _erased(self, erased_at: datetime) -> None:
+        # Replays after the key is gone already read ERASED; this also covers the moment
+        # between this event and the key's deletion.
+        self.fields = erased(self.fields)
+        self.erased_at = erased_at
 
     @property
     def timezone(self) -> str | None:

@@ -75,3 +75,57 @@ def sequence_id(organization_id: UUID, series: str) -> UUID:
 def invoice_id(organization_id: UUID, *key: str) -> UUID:
     """One invoice per (customer or subscription, boundary, reason): a rerun collides."""
     return _id("invoice", organization_id, *key)
+
+
+def fee_id(invoice_id: UUID, key: str) -> UUID:
+    """An invoice line's lago_id, from its key within the invoice: the same in every version."""
+    return _id("fee", invoice_id, key)
+
+
+def applied_tax_id(invoice_id: UUID, tax_code: str, rate: str) -> UUID:
+    """One tax code at one rate on an invoice (a code may recur at an older rate, §8.5)."""
+    return _id("applied_tax", invoice_id, tax_code, rate)
+
+
+def credit_note_id(invoice_id: UUID, sequential_id: int) -> UUID:
+    """The n-th credit note of an invoice: two racing creates take the same number and collide."""
+    return _id("credit_note", invoice_id, str(sequential_id))
+
+
+def credit_note_item_id(credit_note_id: UUID, fee_key: str) -> UUID:
+    return _id("credit_note_item", credit_note_id, fee_key)
+
+
+def credit_note_applied_tax_id(credit_note_id: UUID, tax_code: str) -> UUID:
+    return _id("credit_note_applied_tax", credit_note_id, tax_code)
+
+
+def wallet_id(organization_id: UUID, external_customer_id: str, code: str) -> UUID:
+    """A customer's wallet by its code: a repeated or racing create collides."""
+    return _id("wallet", organization_id, external_customer_id, code)
+
+
+def wallet_transaction_id(wallet_id: UUID, *key: str) -> UUID:
+    """A wallet transaction decided from a natural key: an invoice it pays, or an automatic
+    top-up's (rule, occurrence, kind), so racing deciders make the same transaction."""
+    return _id("wallet_transaction", wallet_id, *key)
+
+
+def credit_invoice_id(organization_id: UUID, transaction_id: UUID) -> UUID:
+    """The `credit` invoice of a paid top-up: one per wallet transaction."""
+    return _id("invoice", organization_id, "credit", transaction_id)
+
+
+def payment_connection_id(organization_id: UUID, code: str) -> UUID:
+    """A processor connection (a Stripe account, bank transfers) by its code."""
+    return _id("payment_connection", organization_id, code)
+
+
+def payment_id(invoice_id: UUID, payment_type: str, number: int) -> UUID:
+    """An invoice's n-th processor attempt or n-th manual payment: racing starts collide."""
+    return _id("payment", invoice_id, payment_type, str(number))
+
+
+def collection_id(invoice_id: UUID) -> UUID:
+    """The collection (payments, dunning) of one invoice."""
+    return _id("collection", invoice_id)

@@ -1,6 +1,7 @@
 """Invoice and the gapless number Sequence: drafts recomputed until finalized, then immutable."""
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -9,6 +10,13 @@ from uuid import UUID
 from eventsourcing.domain import AggregateCreated, AggregateEvent, BaseAggregate, event
 
 from domain import ids
+from domain.credit_note import (
+    CREDITABLE_INVOICE_TYPES,
+    CreditNoteAmounts,
+    CreditNoteInvalidTypeOrStatusError,
+    check_split,
+    credit_note_amounts,
+)
 from domain.errors import InvalidValueError, NotAllowedError
 from domain.invoicing import FeeLine, Totals, totals
 
@@ -79,6 +87,34 @@ class Invoice(BaseAggregate[UUID]):
     class PaymentStatusChanged(Event):
         TOPIC = "tally.Invoice.PaymentStatusChanged"
         payment_status: str
+
+    class CreditNoteRecorded(Event):
+        """A credit note issued against this invoice: per fee, what it credited (§8.7)."""
+
+        TOPIC = "tally.Invoice.CreditNoteRecorded"
+        credit_note_id: UUID
+        origin: str | None  # A lifecycle note's natural key (§5.6, §5.7); None when manual.
+        items: list[dict[str, Any]]  # [{"fee_key": str, "amount_cents": int}]
+        total_amount_cents: int
+        credit_amount_cents: int
+        refund_amount_cents: int
+        offset_amount_cents: int
+
+    class CreditApplied(Event):
+        """Part of the customer's credit (a credit note's balance) pays this draft (§8.2)."""
+
+        TOPIC = "tally.Invoice.CreditApplied"
+        credit_note_id: UUID
+        amount_cents: int
+
+    class PrepaidCreditApplied(Event):
+        """A wallet's credits pay part of this draft, after tax and credit notes (§6.3)."""
+
+        TOPIC = "tally.Invoice.PrepaidCreditApplied"
+        wallet_id: UUID
+        wallet_transaction_id: UUID
+        amount_cents: int
+        granted_amount_cents: int  # Of which granted credits (Lago's prepaid_granted_...).
 
     @classmethod
     def draft(
@@ -163,6 +199,105 @@ class Invoice(BaseAggregate[UUID]):
         if payment_status != self.payment_status:
             self._payment_status_changed(payment_status=payment_status)
 
+    # Credit notes issued against this invoice (§8.7), and credits applied to it (§8.2).
+
+    def credit_note_amounts(self, items: Mapping[str, int]) -> CreditNoteAmounts:
+        """What a credit note on these fee amounts (by fee key) would come to; refuses an
+        invoice that takes no credit note and any item over what is left of its fee."""
+        self._check_creditable()
+        fees = {fee.key: fee for fee in self.fees}
+        for key, amount_cents in items.items():
+            fee = fees.get(key)
+            if fee is None:
+                raise InvalidValueError("fee_id", "value_is_invalid", key)
+            if amount_cents < 0:
+                raise InvalidValueError("amount_cents", "invalid_value", amount_cents)
+            if amount_cents > fee.amount_cents - self.credited_fee_cents.get(key, 0):
+                raise InvalidValueError(
+                    "amount_cents", "higher_than_remaining_fee_amount", amount_cents
+                )
+        amounts = credit_note_amounts(self.fees, self.tax_rates, self.credited_fee_cents, items)
+        # Guaranteed by the per-fee caps and the cumulative tax (domain/credit_note.py).
+        assert amounts.total_amount_cents <= self.creditable_amount_cents, (
+            amounts.total_amount_cents,
+            self.creditable_amount_cents,
+        )
+        return amounts
+
+    def record_credit_note(
+        self,
+        credit_note_id: UUID,
+        items: Mapping[str, int],
+        *,
+        credit_amount_cents: int,
+        refund_amount_cents: int,
+        offset_amount_cents: int,
+        origin: str | None = None,
+    ) -> CreditNoteAmounts:
+        """Accept a credit note against this invoice, or refuse it; returns its amounts.
+
+        The total is Σ items + tax (per rate, at this invoice's rates) and must split exactly
+        into credit + refund + offset; refund ≤ paid − refunded; offset ≤ the amount due.
+        """
+        assert origin is None or origin not in self.credit_note_origins, origin
+        amounts = self.credit_note_amounts(items)
+        total_cents = amounts.total_amount_cents
+        check_split(total_cents, credit_amount_cents, refund_amount_cents, offset_amount_cents)
+        if refund_amount_cents > 0 and self.total_paid_amount_cents <= 0:
+            raise InvalidValueError(
+                "refund_amount_cents", "cannot_refund_unpaid_invoice", refund_amount_cents
+            )
+        if refund_amount_cents > self.refundable_amount_cents:
+            raise InvalidValueError(
+                "refund_amount_cents", "higher_than_remaining_invoice_amount", refund_amount_cents
+            )
+        if offset_amount_cents > self.offsettable_amount_cents:
+            raise InvalidValueError(
+                "offset_amount_cents", "higher_than_remaining_invoice_amount", offset_amount_cents
+            )
+        self._credit_note_recorded(
+            credit_note_id=credit_note_id,
+            origin=origin,
+            items=[{"fee_key": key, "amount_cents": cents} for key, cents in amounts.items],
+            total_amount_cents=total_cents,
+            credit_amount_cents=credit_amount_cents,
+            refund_amount_cents=refund_amount_cents,
+            offset_amount_cents=offset_amount_cents,
+        )
+        return amounts
+
+    def apply_credit(self, credit_note_id: UUID, amount_cents: int) -> None:
+        """Credit from a credit note pays part of this draft, after tax (§8.2)."""
+        if self.status != "draft":
+            raise InvoiceNotDraftError(f"Invoice {self.id} is {self.status}.")
+        assert 0 < amount_cents <= self.totals.total_amount_cents, amount_cents
+        self._credit_applied(credit_note_id=credit_note_id, amount_cents=amount_cents)
+
+    def apply_prepaid_credit(
+        self,
+        wallet_id: UUID,
+        wallet_transaction_id: UUID,
+        amount_cents: int,
+        granted_amount_cents: int,
+    ) -> None:
+        """A wallet's credits pay part of this draft (§6.3), recorded with the wallet's debit."""
+        if self.status != "draft":
+            raise InvoiceNotDraftError(f"Invoice {self.id} is {self.status}.")
+        assert 0 < amount_cents <= self.totals.total_amount_cents, amount_cents
+        assert 0 <= granted_amount_cents <= amount_cents, granted_amount_cents
+        self._prepaid_credit_applied(
+            wallet_id=wallet_id,
+            wallet_transaction_id=wallet_transaction_id,
+            amount_cents=amount_cents,
+            granted_amount_cents=granted_amount_cents,
+        )
+
+    def _check_creditable(self) -> None:
+        if self.status != "finalized" or self.invoice_type not in CREDITABLE_INVOICE_TYPES:
+            raise CreditNoteInvalidTypeOrStatusError(
+                f"Invoice {self.id} ({self.invoice_type}, {self.status}) takes no credit note."
+            )
+
     # Evolvers apply.
 
     @event(Created)
@@ -198,6 +333,11 @@ class Invoice(BaseAggregate[UUID]):
         self.payment_due_date: date | None = None
         self.finalized_at: datetime | None = None
         self.voided_at: datetime | None = None
+        self.credited_fee_cents: dict[str, int] = {}  # fee key → credited by credit notes
+        self.credit_notes_issued: list[dict[str, Any]] = []  # Notes against this invoice.
+        self.credit_note_origins: dict[str, UUID] = {}
+        self.applied_credits: list[tuple[UUID, int]] = []  # Notes' credit paying this one.
+        self.prepaid_credits: list[dict[str, Any]] = []  # Wallets' credits paying this one.
 
     @event(Refreshed)
     def _refreshed(
@@ -238,6 +378,60 @@ class Invoice(BaseAggregate[UUID]):
     def _payment_status_changed(self, payment_status: str) -> None:
         self.payment_status = payment_status
 
+    @event(CreditNoteRecorded)
+    def _credit_note_recorded(
+        self,
+        credit_note_id: UUID,
+        origin: str | None,
+        items: list[dict[str, Any]],
+        total_amount_cents: int,
+        credit_amount_cents: int,
+        refund_amount_cents: int,
+        offset_amount_cents: int,
+    ) -> None:
+        amounts = {fee["key"]: fee["amount_cents"] for fee in self.fee_events}
+        for item in items:
+            key = item["fee_key"]
+            self.credited_fee_cents[key] = (
+                self.credited_fee_cents.get(key, 0) + item["amount_cents"]
+            )
+            assert self.credited_fee_cents[key] <= amounts[key], (key, self.credited_fee_cents)
+        self.credit_notes_issued.append(
+            {
+                "credit_note_id": credit_note_id,
+                "origin": origin,
+                "total_amount_cents": total_amount_cents,
+                "credit_amount_cents": credit_amount_cents,
+                "refund_amount_cents": refund_amount_cents,
+                "offset_amount_cents": offset_amount_cents,
+            }
+        )
+        if origin is not None:
+            self.credit_note_origins[origin] = credit_note_id
+
+    @event(CreditApplied)
+    def _credit_applied(self, credit_note_id: UUID, amount_cents: int) -> None:
+        self.applied_credits.append((credit_note_id, amount_cents))
+        assert self.totals.total_amount_cents >= 0, self.applied_credits
+
+    @event(PrepaidCreditApplied)
+    def _prepaid_credit_applied(
+        self,
+        wallet_id: UUID,
+        wallet_transaction_id: UUID,
+        amount_cents: int,
+        granted_amount_cents: int,
+    ) -> None:
+        self.prepaid_credits.append(
+            {
+                "wallet_id": wallet_id,
+                "wallet_transaction_id": wallet_transaction_id,
+                "amount_cents": amount_cents,
+                "granted_amount_cents": granted_amount_cents,
+            }
+        )
+        assert self.totals.total_amount_cents >= 0, self.prepaid_credits
+
     # Queries.
 
     @property
@@ -246,7 +440,69 @@ class Invoice(BaseAggregate[UUID]):
 
     @property
     def totals(self) -> Totals:
-        return totals(self.fees, self.tax_rates)
+        return replace(
+            totals(self.fees, self.tax_rates),
+            credit_notes_amount_cents=self.credit_notes_amount_cents,
+            prepaid_credit_amount_cents=self.prepaid_credit_amount_cents,
+        )
+
+    @property
+    def prepaid_credit_amount_cents(self) -> int:
+        """Wallets' credits applied to this invoice (§6.3)."""
+        return sum(int(credit["amount_cents"]) for credit in self.prepaid_credits)
+
+    @property
+    def prepaid_granted_credit_amount_cents(self) -> int:
+        return sum(int(credit["granted_amount_cents"]) for credit in self.prepaid_credits)
+
+    @property
+    def credit_notes_amount_cents(self) -> int:
+        """Credit from credit notes applied to this invoice (Lago's credit_notes_amount_cents)."""
+        return sum(cents for _, cents in self.applied_credits)
+
+    def _issued_sum(self, field: str) -> int:
+        return sum(int(note[field]) for note in self.credit_notes_issued)
+
+    @property
+    def credit_notes_total_amount_cents(self) -> int:
+        """Σ totals of the credit notes issued against this invoice."""
+        return self._issued_sum("total_amount_cents")
+
+    @property
+    def creditable_amount_cents(self) -> int:
+        """What credit notes may still take: fees and taxes billed minus earlier notes."""
+        billed = self.totals.sub_total_including_taxes_amount_cents
+        return billed - self.credit_notes_total_amount_cents
+
+    @property
+    def total_paid_amount_cents(self) -> int:
+        return self.totals.total_amount_cents if self.payment_status == "succeeded" else 0
+
+    @property
+    def total_refunded_amount_cents(self) -> int:
+        return self._issued_sum("refund_amount_cents")
+
+    @property
+    def total_offsetted_credit_note_amount_cents(self) -> int:
+        return self._issued_sum("offset_amount_cents")
+
+    @property
+    def refundable_amount_cents(self) -> int:
+        return max(0, self.total_paid_amount_cents - self.total_refunded_amount_cents)
+
+    @property
+    def total_due_amount_cents(self) -> int:
+        """§8.2: total_amount − paid − credit-note offsets."""
+        return max(
+            0,
+            self.totals.total_amount_cents
+            - self.total_paid_amount_cents
+            - self.total_offsetted_credit_note_amount_cents,
+        )
+
+    @property
+    def offsettable_amount_cents(self) -> int:
+        return min(self.total_due_amount_cents, self.creditable_amount_cents)
 
 
 class NumberSequence(BaseAggregate[UUID]):

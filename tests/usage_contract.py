@@ -6,8 +6,10 @@ organization of its own. The reference for every total is domain.usage.combine.
 
 import random
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -73,9 +75,21 @@ def usage(
 
 
 def assert_stored(record: StoredUsage, sent: StoredUsage) -> None:
-    """record is sent as the log stored it: equal in everything but the assigned sequence."""
-    assert record.sequence > 0, record
-    assert record == replace(sent, sequence=record.sequence)
+    """record is sent as the log stored it: equal in everything but the assigned sequence and
+    position."""
+    assert record.sequence > 0 and record.position > 0, record
+    assert record == replace(sent, sequence=record.sequence, position=record.position)
+
+
+def covering_watermark(log: UsageLog, position: int, timeout: float = 10.0) -> int:
+    """The watermark once it covers `position`. At once on SQLite and in memory; on PostgreSQL
+    once every transaction of the cluster that was running when that record was written has
+    ended (another session's transaction may hold it back for a moment)."""
+    deadline = time.monotonic() + timeout
+    while (watermark := log.watermark()) < position:
+        assert time.monotonic() < deadline, f"the watermark {watermark} stays below {position}"
+        time.sleep(0.01)
+    return watermark
 
 
 def oracle_totals(
@@ -136,7 +150,9 @@ def check_append_find_and_page(log: UsageLog) -> None:
         assert_stored(record, event)
     sequences = [record.sequence for record in stored]
     assert sequences == sorted(set(sequences))  # One batch is stored in input order.
-    assert log.watermark() >= sequences[-1]
+    positions = [record.position for record in stored]
+    assert positions == sorted(positions)  # The sequences, or one transaction's id.
+    covering_watermark(log, positions[-1])
     assert log.find(org, "tx_2", "sub_1") == stored[1]
     assert log.find(org, "tx_1", "sub_2") == stored[3]
     assert log.find(org, "tx_1", None) == stored[0]  # The first stored of the two.
@@ -169,11 +185,11 @@ def check_identical_resends_are_stored_once(log: UsageLog) -> None:
     org = uuid4()
     later = RECEIVED_AT + timedelta(hours=1)
     [first] = log.append([usage(org, "a", value="5")])
-    watermark = log.watermark()
+    watermark = covering_watermark(log, first.position)
 
     # Alone: the retry (received later) answers the record stored first and stores nothing.
     assert log.append([usage(org, "a", value="5", received_at=later)]) == [first]
-    assert log.watermark() == watermark
+    assert log.page(org, 1, 10)[1] == 1
 
     # Inside one batch: counted once, both inputs answer the same record.
     twice = log.append([usage(org, "b", value="7"), usage(org, "b", value="7", received_at=later)])
@@ -195,7 +211,8 @@ def check_identical_resends_are_stored_once(log: UsageLog) -> None:
     assert mixed[4] == twice[0]
     assert_stored(mixed[0], usage(org, "c", value="1"))
     assert_stored(mixed[2], usage(org, "d", value="2"))
-    assert watermark < mixed[0].sequence < mixed[2].sequence <= log.watermark()
+    assert first.sequence < mixed[0].sequence < mixed[2].sequence
+    assert watermark < mixed[0].position <= mixed[2].position
 
     records, total = log.page(org, 1, 100)
     assert total == 4
@@ -220,7 +237,6 @@ def check_a_reused_key_with_another_payload_refuses_the_whole_batch(log: UsageLo
     org = uuid4()
     log.append([usage(org, "a", value="5"), usage(org, "b", value="1", subscription="sub_2")])
     before = snapshot(log, org)
-    watermark = log.watermark()
 
     # A stored key with another payload, among new events: nothing of the batch is stored.
     with pytest.raises(TransactionIdConflictError) as stored_conflict:
@@ -245,7 +261,6 @@ def check_a_reused_key_with_another_payload_refuses_the_whole_batch(log: UsageLo
     assert (after_resend.value.index, after_resend.value.transaction_id) == (1, "b")
 
     assert snapshot(log, org) == before
-    assert log.watermark() == watermark
     assert log.find(org, "new_1", None) is None
     # The same transaction_id on another subscription is another event, not a conflict.
     [other] = log.append([usage(org, "a", value="6", subscription="sub_2")])
@@ -359,7 +374,7 @@ def check_events_are_ordered_and_bounded_by_sequence(log: UsageLog) -> None:
     # Code point order at one instant: digits, upper case, "_", lower case, then beyond ASCII.
     names = ["é", "b", "_", "B", "a", "1"]
     first = log.append([usage(org, name, at=at) for name in names])
-    watermark = log.watermark()
+    watermark = covering_watermark(log, first[-1].position)
     second = log.append(
         [
             usage(org, "late", at=START + timedelta(minutes=5)),
@@ -374,9 +389,20 @@ def check_events_are_ordered_and_bounded_by_sequence(log: UsageLog) -> None:
     assert [r.event.transaction_id for r in listed] == ["edge_start", "late", *sorted(names)]
     assert listed[0] == second[1]
     assert sorted(names) == ["1", "B", "_", "a", "b", "é"]
-    up_to = log.events(org, "sub_1", "tokens", START, end_at, up_to_sequence=watermark)
+    assert all(record.position > watermark for record in second)
+    up_to = log.events(org, "sub_1", "tokens", START, end_at, up_to_position=watermark)
     assert up_to == sorted(first, key=lambda r: r.event.transaction_id)
-    assert log.events(org, "sub_1", "tokens", START, end_at, up_to_sequence=0) == []
+    assert log.events(org, "sub_1", "tokens", START, end_at, up_to_position=0) == []
+    since = log.events_since(
+        org,
+        "sub_1",
+        "tokens",
+        START,
+        end_at,
+        watermark,
+        covering_watermark(log, second[0].position),
+    )
+    assert [r.event.transaction_id for r in since] == ["edge_start", "late"]
     assert log.events(org, "sub_2", "tokens", START, end_at) == []
 
 
@@ -385,11 +411,11 @@ def check_the_watermark_only_grows(log: UsageLog) -> None:
     marks = [log.watermark()]
     for n in range(4):
         stored = log.append([usage(org, f"w{n}_{i}") for i in range(3)])
-        assert min(r.sequence for r in stored) > marks[-1]
-        marks.append(log.watermark())
-        assert marks[-1] >= max(r.sequence for r in stored)
-        log.append(stored[:1])  # A re-send moves nothing.
-        assert log.watermark() == marks[-1]
+        # A write after a watermark was taken is above it.
+        assert min(r.position for r in stored) > marks[-1]
+        marks.append(covering_watermark(log, max(r.position for r in stored)))
+        log.append(stored[:1])  # A re-send writes nothing (other writers may move the mark).
+        assert log.watermark() >= marks[-1]
     assert marks == sorted(marks) and len(set(marks)) == len(marks)
 
 
@@ -510,5 +536,190 @@ def check_concurrent_overlapping_appends_store_each_event_once(log: UsageLog) ->
     assert log.totals(org, "sub_1", "tokens", START, end_at) == oracle_totals(
         sent, "sub_1", "tokens", START, end_at
     )
+    in_order = sorted(records, key=lambda r: (r.event.timestamp, r.event.transaction_id))
     for watermark, listed in seen:
+        # Never missed: every event at or below the watermark was there when it was read.
+        assert listed == [r for r in in_order if r.position <= watermark]
+        # Never gains: read again now, after every writer is done, it is the same.
         assert log.events(org, "sub_1", "tokens", START, end_at, watermark) == listed
+
+
+def check_out_of_order_commits(
+    log: UsageLog, held_append: Callable[[list[StoredUsage]], AbstractContextManager[None]]
+) -> None:
+    """A writer that started first commits last: a watermark taken meanwhile covers neither
+    writer, though the second one has committed; once the first commits, a new watermark covers
+    both, and the listing at the old watermark never changes. `held_append(batch)` appends the
+    batch in a transaction that commits when the context exits (PostgreSQL only: SQLite and the
+    memory log have one writer, so their commits cannot overtake each other)."""
+    org = uuid4()
+    end_at = START + BUCKET
+    first = [usage(org, f"first_{n}", value=str(n)) for n in range(3)]
+    with held_append(first):
+        # Another rollup row: the held writer keeps its own rows locked until it commits.
+        [second] = log.append([usage(org, "second", value="10", model="small")])
+        watermark = log.watermark()
+        assert watermark < second.position
+        before = log.events(org, "sub_1", "tokens", START, end_at, watermark)
+        assert log.find(org, "second", "sub_1") == second  # Committed, but not yet covered.
+        assert before == []
+    covering = covering_watermark(log, second.position)
+    after = log.events(org, "sub_1", "tokens", START, end_at, covering)
+    assert sorted(r.event.transaction_id for r in after) == [
+        "first_0",
+        "first_1",
+        "first_2",
+        "second",
+    ]
+    assert all(r.position < second.position for r in after if r != second)  # Out of order.
+    assert log.events(org, "sub_1", "tokens", START, end_at, watermark) == before
+    since = log.events_since(org, "sub_1", "tokens", START, end_at, watermark, covering)
+    assert since == after
+
+
+# --- Voids ------------------------------------------------------------------------------------
+
+
+def check_voids_append_a_reversal_and_drop_from_totals(log: UsageLog) -> None:
+    org = uuid4()
+    voided_at = RECEIVED_AT + timedelta(hours=3)
+    at = START + timedelta(minutes=1)
+    sent = [
+        usage(org, "a", at=at, value="5", precise="1.5"),
+        usage(org, "b", at=at + timedelta(minutes=2), value="9", precise="2.25"),  # Max, latest.
+        usage(org, "c", at=at, value="2", model="small"),
+        usage(org, "d", at=at + BUCKET, value="4"),  # Alone in its bucket.
+        usage(org, "e", at=at, code="calls", value=None),
+        usage(org, "f", at=at, code="calls", value=None),
+    ]
+    stored = {r.event.transaction_id: r for r in log.append(sent)}
+    before_void = covering_watermark(log, stored["a"].position)
+    listing = log.events(org, "sub_1", "tokens", START, START + 2 * BUCKET, before_void)
+
+    voided = log.void(org, "b", "sub_1", voided_at)
+    assert voided == replace(stored["b"], voided_at=voided_at)
+    assert log.find(org, "b", "sub_1") == voided
+    assert log.find(org, "b", None) == voided
+    # Idempotent: voiding again answers the same (the first void's time) and changes nothing.
+    assert log.void(org, "b", "sub_1", voided_at + timedelta(hours=1)) == voided
+    assert log.void(org, "b", "sub_2", voided_at) is None  # Another subscription's key.
+    assert log.void(org, "zz", "sub_1", voided_at) is None
+    assert log.void(uuid4(), "a", "sub_1", voided_at) is None
+    for transaction_id in ("d", "e"):
+        assert log.void(org, transaction_id, "sub_1", voided_at) is not None
+
+    # Nothing is deleted: the log still lists every event, the voided ones marked.
+    records, total = log.page(org, 1, 100)
+    assert total == len(sent)
+    marks = {r.event.transaction_id: r.voided_at for r in records}
+    assert marks == {
+        "a": None,
+        "b": voided_at,
+        "c": None,
+        "d": voided_at,
+        "e": voided_at,
+        "f": None,
+    }
+
+    # Totals are those of the live events: count and sum, and max and latest recomputed.
+    live = [r for r in sent if r.event.transaction_id in {"a", "c", "f"}]
+    for code in ("tokens", "calls"):
+        for first, last in ((0, 1), (1, 2), (0, 2)):
+            start_at, end_at = START + first * BUCKET, START + last * BUCKET
+            expected = oracle_totals(live, "sub_1", code, start_at, end_at)
+            assert log.totals(org, "sub_1", code, start_at, end_at) == expected, (code, first)
+    [large] = [
+        t
+        for t in log.totals(org, "sub_1", "tokens", START, START + BUCKET)
+        if t.dimensions == (("model", "large"),)
+    ]
+    assert (large.rollup.count, large.rollup.sum, large.rollup.max) == (1, 5, 5)
+    assert large.precise_total_amount_cents == Decimal("1.5")
+
+    # The log at a watermark: a void above it changes nothing there; at a later one it counts.
+    end_at = START + 2 * BUCKET
+    assert log.events(org, "sub_1", "tokens", START, end_at, before_void) == listing
+    [marker] = log.append([usage(org, "marker", at=START + 3 * BUCKET)])
+    after_void = covering_watermark(log, marker.position)  # Written after the voids: above them.
+    now = log.events(org, "sub_1", "tokens", START, end_at, after_void)
+    assert [r.event.transaction_id for r in now] == ["a", "c"]
+    assert log.events(org, "sub_1", "tokens", START, end_at) == now
+    assert [r.event.transaction_id for r in log.events(org, "sub_1", "calls", START, end_at)] == [
+        "f"
+    ]
+    # What changed between the two watermarks: the voided events.
+    since = log.events_since(org, "sub_1", "tokens", START, end_at, before_void, after_void)
+    assert [r.event.transaction_id for r in since] == ["b", "d"]
+    assert all(r.voided_at is None for r in since)
+
+    # An identical re-send of a voided event is a duplicate: it answers the voided record.
+    assert log.append([sent[1]]) == [voided]
+    assert log.totals(org, "sub_1", "tokens", START, START + BUCKET) == oracle_totals(
+        live, "sub_1", "tokens", START, START + BUCKET
+    )
+    # The rebuild leaves voided events out, as the live rollups do.
+    totals = [log.totals(org, "sub_1", c, START, end_at) for c in ("tokens", "calls")]
+    log.rebuild_rollups()
+    assert [log.totals(org, "sub_1", c, START, end_at) for c in ("tokens", "calls")] == totals
+
+
+def check_concurrent_voids_and_appends_keep_rollups_exact(log: UsageLog) -> None:
+    """Voids recompute a rollup row while appends add to it: the totals end equal to the live
+    events, and a listing at a watermark never changes afterwards."""
+    org = uuid4()
+    sent = [
+        usage(org, f"tx_{n}", at=START + timedelta(seconds=n), value=str(n % 17), model="large")
+        for n in range(160)
+    ]
+    for n in range(0, 80, 20):
+        log.append(sent[n : n + 20])  # Half stored before; the voids pick among them.
+    to_void = [f"tx_{n}" for n in range(0, 80, 3)]
+    barrier = threading.Barrier(4)
+    failures: list[BaseException] = []
+    seen: list[tuple[int, list[StoredUsage]]] = []
+
+    def append_rest() -> None:
+        barrier.wait()
+        for n in range(80, 160, 10):
+            log.append(sent[n : n + 10])
+
+    def void_some(share: list[str]) -> None:
+        barrier.wait()
+        for transaction_id in share:
+            assert log.void(org, transaction_id, "sub_1", RECEIVED_AT) is not None
+
+    def read() -> None:
+        barrier.wait()
+        for _ in range(15):
+            watermark = log.watermark()
+            seen.append(
+                (watermark, log.events(org, "sub_1", "tokens", START, START + BUCKET, watermark))
+            )
+
+    def guarded(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as error:
+                failures.append(error)
+
+        return run
+
+    threads = [
+        threading.Thread(target=guarded(append_rest)),
+        threading.Thread(target=guarded(lambda: void_some(to_void[::2]))),
+        threading.Thread(target=guarded(lambda: void_some(to_void[1::2]))),
+        threading.Thread(target=guarded(read)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    if failures:
+        raise failures[0]
+    live = [r for r in sent if r.event.transaction_id not in set(to_void)]
+    assert log.totals(org, "sub_1", "tokens", START, START + BUCKET) == oracle_totals(
+        live, "sub_1", "tokens", START, START + BUCKET
+    )
+    for watermark, listed in seen:
+        assert log.events(org, "sub_1", "tokens", START, START + BUCKET, watermark) == listed

@@ -45,6 +45,17 @@ class EventsBatchRequest(Envelope):
     events: list[EventBody]
 
 
+class VoidEventBody(Envelope):
+    external_subscription_id: str | None = None
+
+
+class VoidEventRequest(Envelope):
+    """`{"external_subscription_id": ...}`, or Lago's envelope `{"event": {...}}`."""
+
+    external_subscription_id: str | None = None
+    event: VoidEventBody | None = None
+
+
 class EventObject(Output):
     lago_id: UUID
     transaction_id: str
@@ -56,6 +67,8 @@ class EventObject(Output):
     properties: dict[str, str]
     precise_total_amount_cents: str | None
     created_at: str
+    # Tally extension: when the event was voided (POST /events/{transaction_id}/void), or null.
+    voided_at: str | None = None
 
 
 class EventResponse(Output):
@@ -89,6 +102,7 @@ def event_object(stored: StoredUsage) -> EventObject:
         properties=dict(event.properties),
         precise_total_amount_cents=None if amount is None else format(amount, "f"),
         created_at=iso(stored.received_at) or "",
+        voided_at=iso(stored.voided_at),
     )
 
 
@@ -136,6 +150,29 @@ class EventController(Controller):
         body = decode_body(raw_body, EventsBatchRequest, "events")
         stored = metering.ingest(organization_id, [_input(e) for e in body.events], batch=True)
         return EventsResponse(events=[event_object(s) for s in stored])
+
+    @post(
+        "/{transaction_id:str}/void", operation_id="voidEvent", status_code=200, sync_to_thread=True
+    )
+    def void(
+        self,
+        transaction_id: FromPath[str],
+        raw_body: NamedDependency[bytes],
+        metering: NamedDependency[Metering],
+        organization_id: NamedDependency[UUID],
+        external_subscription_id: FromQuery[str | None] = None,
+    ) -> EventResponse:
+        """Void an event (Tally extension): a reversal is appended to the usage log and the
+        event leaves current usage and later invoices; nothing is deleted. The subscription
+        comes in the query or the body. Voiding again answers the same; an unknown event 404."""
+        body = decode_body(raw_body, VoidEventRequest)
+        subscription = (
+            external_subscription_id
+            or body.external_subscription_id
+            or (body.event.external_subscription_id if body.event else None)
+        )
+        voided = metering.void(organization_id, transaction_id, subscription)
+        return EventResponse(event=event_object(voided))
 
     @get("/{transaction_id:str}", operation_id="findEvent", sync_to_thread=True)
     def find(

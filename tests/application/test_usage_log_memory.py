@@ -45,6 +45,14 @@ def test_concurrent_overlapping_appends_store_each_event_once() -> None:
     contract.check_concurrent_overlapping_appends_store_each_event_once(MemoryUsageLog())
 
 
+def test_voids_append_a_reversal_and_drop_from_totals() -> None:
+    contract.check_voids_append_a_reversal_and_drop_from_totals(MemoryUsageLog())
+
+
+def test_concurrent_voids_and_appends_keep_rollups_exact() -> None:
+    contract.check_concurrent_voids_and_appends_keep_rollups_exact(MemoryUsageLog())
+
+
 def test_the_memory_ledger_has_a_usage_log(ledger: Ledger) -> None:
     assert isinstance(ledger.usage, MemoryUsageLog)
 

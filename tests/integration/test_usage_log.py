@@ -1,5 +1,7 @@
 """The usage log on SQLite and PostgreSQL: the UsageLog contract, rollups and a retry storm."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import uuid4
 
 import pytest
@@ -10,6 +12,7 @@ from adapters.stores import Ledger, open_ledger
 from adapters.usage_postgres import PostgresUsageLog
 from adapters.usage_sqlite import SQLiteUsageLog
 from api.cli import main
+from application.usage_log import StoredUsage
 from tests import usage_contract as contract
 
 
@@ -66,6 +69,41 @@ def test_a_rebuild_repairs_damaged_rollups(store_ledger: Ledger) -> None:
 
 def test_concurrent_overlapping_appends_store_each_event_once(store_ledger: Ledger) -> None:
     contract.check_concurrent_overlapping_appends_store_each_event_once(store_ledger.usage)
+
+
+def test_voids_append_a_reversal_and_drop_from_totals(store_ledger: Ledger) -> None:
+    contract.check_voids_append_a_reversal_and_drop_from_totals(store_ledger.usage)
+
+
+def test_concurrent_voids_and_appends_keep_rollups_exact(store_ledger: Ledger) -> None:
+    contract.check_concurrent_voids_and_appends_keep_rollups_exact(store_ledger.usage)
+
+
+def test_rebuilt_rollups_equal_the_live_ones_after_voids(store_ledger: Ledger) -> None:
+    org = uuid4()
+    usage = store_ledger.usage
+    usage.append([contract.usage(org, f"tx_{n}", value=str(n)) for n in range(1, 6)])
+    for n in (2, 5):
+        usage.void(org, f"tx_{n}", "sub_1", contract.RECEIVED_AT)
+    live = dump_rollups(store_ledger)
+    usage.rebuild_rollups()
+    assert dump_rollups(store_ledger) == live
+
+
+def test_a_transaction_that_commits_late_is_never_hidden_by_the_watermark(
+    store_ledger: Ledger,
+) -> None:
+    usage = store_ledger.usage
+    if not isinstance(usage, PostgresUsageLog):
+        pytest.skip("SQLite has one writer: commits cannot overtake each other")
+
+    @contextmanager
+    def held_append(batch: list[StoredUsage]) -> Iterator[None]:
+        with usage.datastore.transaction(commit=True) as curs:
+            usage._insert(curs, batch, batch)
+            yield
+
+    contract.check_out_of_order_commits(usage, held_append)
 
 
 def test_the_log_and_its_rollups_survive_a_restart(store_settings: Settings) -> None:

@@ -1,0 +1,162 @@
+"""Request limits: the body size (413) and the per-key token bucket (429 with Lago's headers)."""
+
+from collections.abc import Iterator
+from dataclasses import replace
+from uuid import uuid4
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from adapters.settings import (
+    BODY_MAX_BYTES_DEFAULT,
+    RATE_LIMIT_BURST_DEFAULT,
+    RATE_LIMIT_PER_S_DEFAULT,
+    Settings,
+    SettingsError,
+    memory_settings,
+    settings_from_env,
+)
+from adapters.stores import Ledger, open_ledger
+from api.app import create_app
+from api.problems import PROBLEM_TYPE_BASE
+from api.security import RateLimiter
+
+Client = TestClient[Litestar]
+BODY_MAX = 2048
+
+
+def limited(settings: Settings) -> Iterator[tuple[Client, Ledger, str]]:
+    ledger = open_ledger(settings)
+    _, api_key = ledger.billing.create_organization("acme")
+    with TestClient(app=create_app(ledger)) as client:
+        yield client, ledger, api_key
+
+
+@pytest.fixture
+def slow() -> Iterator[tuple[Client, Ledger, str]]:
+    """Three requests per key at once, then one every 1000 s; bodies up to 2 KiB."""
+    settings = replace(
+        memory_settings(), rate_limit_per_s=0.001, rate_limit_burst=3, body_max_bytes=BODY_MAX
+    )
+    yield from limited(settings)
+
+
+def test_a_key_over_its_rate_gets_429_with_lagos_headers(
+    slow: tuple[Client, Ledger, str],
+) -> None:
+    client, ledger, api_key = slow
+    headers = {"Authorization": f"Bearer {api_key}"}
+    answers = [client.get("/api/v1/customers", headers=headers) for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    # Successful answers carry the headers too (Lago's client reports them).
+    assert [a.headers["x-ratelimit-remaining"] for a in answers] == ["2", "1", "0", "0"]
+    assert {a.headers["x-ratelimit-limit"] for a in answers} == {"3"}
+    refused = answers[-1]
+    wait_s = int(refused.headers["x-ratelimit-reset"])  # Seconds to wait, as Lago's client reads.
+    assert 990 <= wait_s <= 1000
+    assert refused.headers["retry-after"] == refused.headers["x-ratelimit-reset"]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json() == {
+        "type": PROBLEM_TYPE_BASE + "too_many_requests",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": f"Too many requests for this API key: retry in {wait_s} s.",
+        "error": "Too Many Requests",
+        "code": "too_many_requests",
+    }
+    # The bucket is per key: another key of the organization is not held back.
+    organization_id = ledger.billing.organization_for_api_key(api_key)
+    assert organization_id is not None
+    other = ledger.billing.issue_api_key(organization_id)
+    assert client.get("/api/v1/customers", headers={"Authorization": f"Bearer {other}"}).is_success
+    # A refused request is not audited (it did nothing) and is not run.
+    posted = client.post(
+        "/api/v1/customers", json={"customer": {"external_id": "c"}}, headers=headers
+    )
+    assert posted.status_code == 429
+    found = client.get("/api/v1/customers/c", headers={"Authorization": f"Bearer {other}"})
+    assert found.status_code == 404
+
+
+def test_the_bucket_refills_at_its_rate() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate_per_s=2, burst=2, clock=lambda: now[0])
+    key = uuid4()
+    assert [limiter.take(key).allowed for _ in range(3)] == [True, True, False]
+    refused = limiter.take(key)
+    assert (refused.remaining, refused.reset_s) == (0, 1)
+    now[0] = 0.5  # One token back.
+    assert limiter.take(key).allowed and not limiter.take(key).allowed
+    now[0] = 10.0  # Full again, never above the burst.
+    decisions = [limiter.take(key) for _ in range(3)]
+    assert [d.allowed for d in decisions] == [True, True, False]
+    assert decisions[0].remaining == 1 and decisions[0].reset_s == 1
+
+
+def test_a_body_over_the_limit_gets_413_unread(slow: tuple[Client, Ledger, str]) -> None:
+    client, _, api_key = slow
+    headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+    name = "x" * BODY_MAX
+    body = f'{{"customer": {{"external_id": "big", "name": "{name}"}}}}'.encode()
+    declared = client.post("/api/v1/customers", content=body, headers=headers)
+    assert declared.status_code == 413
+    assert declared.json() == {
+        "type": PROBLEM_TYPE_BASE + "request_body_too_large",
+        "title": "Payload Too Large",
+        "status": 413,
+        "detail": f"The request body is larger than {BODY_MAX} bytes.",
+        "error": "Payload Too Large",
+        "code": "request_body_too_large",
+    }
+    # Without a Content-Length (chunked), it is counted as it arrives.
+    chunked = client.post(
+        "/api/v1/customers", content=iter([body[:1000], body[1000:]]), headers=headers
+    )
+    assert chunked.status_code == 413
+    fitting = b'{"customer": {"external_id": "small", "name": "%s", "city": "%s"}}' % (
+        b"x" * 990,
+        b"y" * 990,
+    )
+    assert BODY_MAX - 100 < len(fitting) <= BODY_MAX
+    assert client.post("/api/v1/customers", content=fitting, headers=headers).status_code == 200
+
+
+def test_request_limits_come_from_the_environment() -> None:
+    default = settings_from_env({})
+    assert (default.body_max_bytes, default.rate_limit_per_s, default.rate_limit_burst) == (
+        BODY_MAX_BYTES_DEFAULT,
+        RATE_LIMIT_PER_S_DEFAULT,
+        RATE_LIMIT_BURST_DEFAULT,
+    )
+    assert BODY_MAX_BYTES_DEFAULT == 1024 * 1024
+    chosen = settings_from_env(
+        {
+            "TALLY_BODY_MAX_BYTES": "4096",
+            "TALLY_RATE_LIMIT_PER_S": "0",
+            "TALLY_RATE_LIMIT_BURST": "10",
+        }
+    )
+    assert (chosen.body_max_bytes, chosen.rate_limit_per_s, chosen.rate_limit_burst) == (
+        4096,
+        0.0,
+        10,
+    )
+    for name, value in [
+        ("TALLY_BODY_MAX_BYTES", "10"),
+        ("TALLY_BODY_MAX_BYTES", "1MB"),
+        ("TALLY_RATE_LIMIT_PER_S", "-1"),
+        ("TALLY_RATE_LIMIT_PER_S", "fast"),
+        ("TALLY_RATE_LIMIT_BURST", "0"),
+    ]:
+        with pytest.raises(SettingsError, match=name):
+            settings_from_env({name: value})
+
+
+def test_a_zero_rate_turns_the_limit_off() -> None:
+    settings = replace(memory_settings(), rate_limit_per_s=0, rate_limit_burst=1)
+    for client, _, api_key in limited(settings):
+        headers = {"Authorization": f"Bearer {api_key}"}
+        answers = [client.get("/api/v1/customers", headers=headers) for _ in range(5)]
+        assert {a.status_code for a in answers} == {200}
+        assert "x-ratelimit-limit" not in answers[0].headers
