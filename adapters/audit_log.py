@@ -84,6 +84,15 @@ def _chained(row: Sequence[Any]) -> ChainedEntry:
     )
 
 
+def _chain(first: int, previous_hash: str, entries: Sequence[AuditEntry]) -> list[ChainedEntry]:
+    chained = []
+    for sequence, entry in enumerate(entries, start=first):
+        hash_ = chain_hash(previous_hash, sequence, entry)
+        chained.append(ChainedEntry(sequence, entry, previous_hash, hash_))
+        previous_hash = hash_
+    return chained
+
+
 def _matches(chained: ChainedEntry, organization_id: UUID, filters: AuditFilter) -> bool:
     entry = chained.entry
     return (
@@ -127,13 +136,14 @@ class MemoryAuditLog:
         self._lock = threading.Lock()
 
     def append(self, entry: AuditEntry) -> ChainedEntry:
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[ChainedEntry]:
         with self._lock:
-            sequence, previous_hash = self._head[0] + 1, self._head[1]
-            chained = ChainedEntry(
-                sequence, entry, previous_hash, chain_hash(previous_hash, sequence, entry)
-            )
-            self._entries.append(chained)
-            self._head = (sequence, chained.hash)
+            chained = _chain(self._head[0] + 1, self._head[1], entries)
+            self._entries.extend(chained)
+            if chained:
+                self._head = (chained[-1].sequence, chained[-1].hash)
             return chained
 
     def page(
@@ -179,22 +189,26 @@ class SQLiteAuditLog:
             )
 
     def append(self, entry: AuditEntry) -> ChainedEntry:
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[ChainedEntry]:
+        if not entries:
+            return []
         with self.datastore.transaction(commit=True) as c:
             # A write first: it takes the database's write lock before the head is read.
             c.execute(
-                "UPDATE audit_log_head SET sequence = sequence + 1 WHERE id = 1 "
-                "RETURNING sequence, hash"
+                "UPDATE audit_log_head SET sequence = sequence + ? WHERE id = 1 "
+                "RETURNING sequence, hash",
+                (len(entries),),
             )
-            sequence, previous_hash = c.fetchone()
-            chained = ChainedEntry(
-                sequence, entry, previous_hash, chain_hash(previous_hash, sequence, entry)
-            )
-            c.execute(
+            last, previous_hash = c.fetchone()
+            chained = _chain(int(last) - len(entries) + 1, str(previous_hash), entries)
+            c.executemany(
                 f"INSERT INTO audit_log ({', '.join(COLUMNS)}) "
                 f"VALUES ({', '.join('?' for _ in COLUMNS)})",
-                _row(chained),
+                [_row(item) for item in chained],
             )
-            c.execute("UPDATE audit_log_head SET hash = ? WHERE id = 1", (chained.hash,))
+            c.execute("UPDATE audit_log_head SET hash = ? WHERE id = 1", (chained[-1].hash,))
         return chained
 
     def page(
@@ -259,30 +273,34 @@ class PostgresAuditLog:
             curs.execute(statements[-1], (GENESIS_HASH,))
 
     def append(self, entry: AuditEntry) -> ChainedEntry:
+        return self.append_many([entry])[0]
+
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[ChainedEntry]:
+        if not entries:
+            return []
         with self.datastore.transaction(commit=True) as curs:
             # The row lock serialises appenders; READ COMMITTED re-reads the head after it.
             curs.execute(
                 SQL(
-                    "UPDATE {0} SET sequence = sequence + 1 WHERE id = 1 RETURNING sequence, hash"
-                ).format(self.head_table)
+                    "UPDATE {0} SET sequence = sequence + %s WHERE id = 1 RETURNING sequence, hash"
+                ).format(self.head_table),
+                (len(entries),),
             )
             head = curs.fetchone()
             assert head is not None
-            sequence, previous_hash = int(head["sequence"]), str(head["hash"])
-            chained = ChainedEntry(
-                sequence, entry, previous_hash, chain_hash(previous_hash, sequence, entry)
-            )
-            curs.execute(
+            first = int(head["sequence"]) - len(entries) + 1
+            chained = _chain(first, str(head["hash"]), entries)
+            curs.executemany(
                 SQL("INSERT INTO {0} ({1}) VALUES ({2})").format(
                     self.table,
                     SQL(", ").join(Identifier(c) for c in COLUMNS),
                     SQL(", ").join(SQL("%s") for _ in COLUMNS),
                 ),
-                _row(chained),
+                [_row(item) for item in chained],
             )
             curs.execute(
                 SQL("UPDATE {0} SET hash = %s WHERE id = 1").format(self.head_table),
-                (chained.hash,),
+                (chained[-1].hash,),
             )
         return chained
 

@@ -12,10 +12,10 @@ DEFAULT_SQLITE_PATH = Path(".tally/tally.db")
 # Request limits (ADR 0015): 1 MiB holds a batch of EVENTS_BATCH_MAX events many times over.
 BODY_MAX_BYTES_DEFAULT = 1024 * 1024
 BODY_MAX_BYTES_LIMIT = 256 * 1024 * 1024
-# Per API key and per process: generous enough for a loaded ingest client, low enough that a
-# runaway loop is stopped before it starves the others. 0 turns the rate limit off.
-RATE_LIMIT_PER_S_DEFAULT = 1000.0
-RATE_LIMIT_BURST_DEFAULT = 2000
+# Per API key and per process: Stripe's meter-event stream allows 10,000 requests a second; a
+# runaway client is held there, a busy one never notices. 0 turns the rate limit off.
+RATE_LIMIT_PER_S_DEFAULT = 10_000.0
+RATE_LIMIT_BURST_DEFAULT = 20_000
 
 
 class SettingsError(Exception):

@@ -14,6 +14,8 @@ from adapters.idempotency import (
     PostgresIdempotencyStore,
     SQLiteIdempotencyStore,
 )
+from adapters.journal_postgres import PostgresJournalView
+from adapters.journal_sqlite import SQLiteJournalView
 from adapters.outbox import (
     MemoryOutbox,
     MemorySigningKeyStore,
@@ -22,6 +24,8 @@ from adapters.outbox import (
     SQLiteOutbox,
     SQLiteSigningKeyStore,
 )
+from adapters.payment_processors import processors_from_env
+from adapters.payment_store import MemoryPaymentStore, PostgresPaymentStore, SQLitePaymentStore
 from adapters.settings import Settings
 from adapters.usage_postgres import PostgresUsageLog
 from adapters.usage_sqlite import SQLiteUsageLog
@@ -39,7 +43,9 @@ from application.billing import Billing
 from application.credit_notes import CreditNotes
 from application.current_usage import UsageQueries
 from application.invoicing import Invoicing
+from application.journal import Journal, JournalView, MemoryJournalView
 from application.metering import Metering
+from application.payments import PaymentProviders, Payments, PaymentStore
 from application.personal_data import PersonalDataKeys
 from application.ports import IdempotencyStore
 from application.projections import IndexView, MemoryIndexView
@@ -79,17 +85,32 @@ class Ledger:
     credit_notes: CreditNotes = field(init=False)
     wallets: Wallets = field(init=False)
     top_ups: TopUpWorker = field(init=False)  # Started by the API (api/app.py).
+    # Payments (ADR 0018): processors from TALLY_STRIPE_*; tests may pass fakes.
+    payment_providers: PaymentProviders = field(default_factory=processors_from_env)
+    payment_store: PaymentStore = field(default_factory=MemoryPaymentStore)
+    payments: Payments = field(init=False)
+    journal_view: JournalView = field(default_factory=MemoryJournalView)  # ADR 0019.
+    journal: Journal = field(init=False)  # Caught up lazily, before each report.
 
     def __post_init__(self) -> None:
         self.metering = Metering(self.billing, self.usage, batch_max=self.settings.events_batch_max)
         self.rating = Rating(self.billing, self.usage)
         self.usage_queries = UsageQueries(self.billing, self.rating)
-        self.invoicing = Invoicing(self.billing, self.usage, self.rating)
+        self.invoicing = Invoicing(self.billing, self.usage, self.rating)  # Taxes: below.
         self.vat = VatChecks(self.billing, self.vies)
+        self.invoicing.tax_engine = self.vat  # EU VAT decides where it applies (§9.3).
         self.credit_notes = CreditNotes(self.billing, self.invoicing)
         self.wallets = Wallets(self.billing, self.invoicing, self.usage_queries)
         self.top_ups = TopUpWorker(self.wallets)
         self.metering.observers.append(self.top_ups.on_ingest)
+        self.journal = Journal(self.billing, self.journal_view)
+        self.payments = Payments(
+            self.billing,
+            self.invoicing,
+            self.credit_notes,
+            self.payment_providers,
+            self.payment_store,
+        )
 
     def open_webhooks(
         self, render: PayloadRenderer, transport: WebhookTransport | None = None
@@ -108,7 +129,11 @@ class Ledger:
         self.billing.close()
 
 
-def open_ledger(settings: Settings, vies: ViesPort | None = None) -> Ledger:
+def open_ledger(
+    settings: Settings,
+    vies: ViesPort | None = None,
+    payment_providers: PaymentProviders | None = None,
+) -> Ledger:
     if settings.store == "sqlite":
         assert settings.sqlite_path is not None
         settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,18 +152,24 @@ def open_ledger(settings: Settings, vies: ViesPort | None = None) -> Ledger:
         outbox = factory.tracking_recorder(SQLiteOutbox)  # type: ignore[assignment]
         signing_keys = SQLiteSigningKeyStore(factory.datastore)
         audit_log = SQLiteAuditLog(factory.datastore)
+        journal_view: JournalView = factory.tracking_recorder(SQLiteJournalView)  # type: ignore[assignment]
+        payment_store: PaymentStore = SQLitePaymentStore(factory.datastore)
     elif isinstance(factory, PostgresFactory):
         idempotency = PostgresIdempotencyStore(factory.datastore)
         usage = PostgresUsageLog(factory.datastore)
         outbox = factory.tracking_recorder(PostgresOutbox)
         signing_keys = PostgresSigningKeyStore(factory.datastore)
         audit_log = PostgresAuditLog(factory.datastore)
+        journal_view = factory.tracking_recorder(PostgresJournalView)
+        payment_store = PostgresPaymentStore(factory.datastore)
     else:
         idempotency = MemoryIdempotencyStore()
         usage = MemoryUsageLog()
         outbox = MemoryOutbox()
         signing_keys = MemorySigningKeyStore()
         audit_log = MemoryAuditLog()
+        journal_view = MemoryJournalView()
+        payment_store = MemoryPaymentStore()
     billing.catch_up()
     return Ledger(
         billing,
@@ -149,6 +180,9 @@ def open_ledger(settings: Settings, vies: ViesPort | None = None) -> Ledger:
         signing_keys,
         vies=vies or vies_from_env(),
         audit_log=audit_log,
+        payment_providers=payment_providers or processors_from_env(),
+        payment_store=payment_store,
+        journal_view=journal_view,
     )
 
 

@@ -83,7 +83,10 @@ class PostgresUsageLog:
             row = curs.fetchone()
         assert row is not None and row["name"], "usage_events.sequence has no sequence"
         self._sequence_name = str(row["name"])
-        self._append = self._append_statement()
+        # Rendered once: psycopg caches the parsing of a plain query text, not of a Composed.
+        with self.datastore.transaction(commit=False) as curs:
+            self._append = self._append_statement().as_string(curs)
+            self._totals = self._totals_statement().as_string(curs)
 
     def _create_statements(self) -> list[Composed]:
         return [
@@ -154,6 +157,16 @@ class PostgresUsageLog:
             row_key=_ROW_KEY,
             upsert=self._upsert_rollups(SQL("inserted")),
         )
+
+    def _totals_statement(self) -> Composed:
+        return SQL(
+            "SELECT dimensions, sum(count)::bigint AS count, sum(sum) AS sum, "
+            "max(max) AS max, (array_agg(latest_value ORDER BY latest_at DESC, "
+            "latest_value DESC) FILTER (WHERE latest_at IS NOT NULL))[1] AS latest_value, "
+            "max(latest_at) AS latest_at, sum(precise_sum) AS precise_sum FROM {0} "
+            "WHERE organization_id = %s AND external_subscription_id = %s AND code = %s "
+            "AND bucket_start >= %s AND bucket_start < %s GROUP BY dimensions"
+        ).format(self.rollups_table)
 
     def _upsert_rollups(self, source: Composable) -> Composed:
         """Add the rollups of the events in `source` to the rollup rows, as combine() does.
@@ -427,15 +440,7 @@ class PostgresUsageLog:
         check_bucket_aligned(start_at, end_at)
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(
-                SQL(
-                    "SELECT dimensions, sum(count)::bigint AS count, sum(sum) AS sum, "
-                    "max(max) AS max, (array_agg(latest_value ORDER BY latest_at DESC, "
-                    "latest_value DESC) FILTER (WHERE latest_at IS NOT NULL))[1] AS latest_value, "
-                    "max(latest_at) AS latest_at, sum(precise_sum) AS precise_sum FROM {0} "
-                    "WHERE organization_id = %s AND external_subscription_id = %s AND code = %s "
-                    "AND bucket_start >= %s AND bucket_start < %s GROUP BY dimensions"
-                ).format(self.rollups_table),
-                (organization_id, external_subscription_id, code, start_at, end_at),
+                self._totals, (organization_id, external_subscription_id, code, start_at, end_at)
             )
             rows = curs.fetchall()
         totals = [

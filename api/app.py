@@ -15,7 +15,15 @@ from api.controllers.customers import CustomerController, customer_history
 from api.controllers.events import EventController
 from api.controllers.health import health
 from api.controllers.invoices import InvoiceController
+from api.controllers.journal import AnalyticsController, JournalController, ReportController
 from api.controllers.organizations import BillingEntityController, OrganizationController
+from api.controllers.payments import (
+    PaymentController,
+    PaymentProviderController,
+    checkout_url,
+    reconcile_bank_transfers,
+    stripe_webhook,
+)
 from api.controllers.plans import PlanController, plan_version
 from api.controllers.privacy import erase_customer, export_customer
 from api.controllers.subscriptions import SubscriptionController
@@ -31,6 +39,7 @@ from api.idempotency import IdempotencyMiddleware
 from api.problems import exception_handlers
 from api.security import Limits, RateLimiter, SecurityMiddleware
 from api.webhook_payloads import WebhookPayloads
+from application.audit_log import AuditWriter
 from application.webhooks import DeliveryWorker, WebhookTransport
 
 
@@ -45,6 +54,7 @@ def create_app(
         WebhookPayloads(ledger.webhook_settings.api_url), webhook_transport
     )
     worker = DeliveryWorker(webhooks) if deliver_webhooks else None
+    audit_writer = AuditWriter(ledger.audit_log)  # ADR 0016.
     api = Router(
         "/api/v1",
         route_handlers=[
@@ -62,6 +72,9 @@ def create_app(
             current_usage,
             CreditNoteController,
             InvoiceController,
+            JournalController,  # Tally's finance extensions and Lago's analytics (ADR 0019).
+            ReportController,
+            AnalyticsController,
             WebhookEndpointController,
             WebhookController,
             OrganizationController,
@@ -69,6 +82,11 @@ def create_app(
             WalletController,
             WalletTransactionController,
             wallet_transactions,
+            PaymentController,
+            PaymentProviderController,
+            checkout_url,
+            reconcile_bank_transfers,
+            stripe_webhook,
         ],
         dependencies={
             "organization_id": Provide(provide_organization_id, sync_to_thread=False),
@@ -81,13 +99,18 @@ def create_app(
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         # Outermost first: keys, limits and the audit trail wrap everything, replays included.
         middleware=[SecurityMiddleware(request_limits(ledger.settings)), IdempotencyMiddleware()],
-        state=State({"ledger": ledger, "webhooks": webhooks}),
+        state=State({"ledger": ledger, "webhooks": webhooks, "audit_writer": audit_writer}),
         openapi_config=OpenAPIConfig(title="Tally", version="0.1.0", path="/openapi"),
-        on_startup=[ledger.top_ups.start, *([worker.start] if worker else [])],
+        on_startup=[
+            audit_writer.start,
+            ledger.top_ups.start,
+            *([worker.start] if worker else []),
+        ],
         # The workers stop (their rounds end) before the store closes.
         on_shutdown=[
             ledger.top_ups.stop,
             *([worker.stop] if worker else []),
+            lambda: audit_writer.stop(),
             lambda: ledger.close(),
         ],
         debug=False,

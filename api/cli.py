@@ -13,6 +13,8 @@ from uuid import UUID
 
 from adapters.settings import SettingsError, settings_from_env
 from adapters.stores import Ledger, open_ledger
+from api.journal_cli import add_journal_commands
+from api.payments_cli import add_payments_commands
 from api.pdf import money
 from api.webhook_payloads import WebhookPayloads
 from application.audit_log import verify
@@ -142,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rebuild.set_defaults(run=usage_rebuild_rollups_command)
 
+    add_payments_commands(commands)
+    add_journal_commands(commands)
+
     webhooks = commands.add_parser("webhooks", help="deliver webhooks, show signing keys")
     webhooks_commands = webhooks.add_subparsers(title="webhooks commands")
     deliver = webhooks_commands.add_parser(
@@ -184,7 +189,20 @@ def serve_command(args: argparse.Namespace) -> int:
     # supervisor, which serves nothing, so N server processes still bill once, not N times.
     interval_s = billing_interval_s()
     worker_ledger = open_ledger(settings) if interval_s > 0 else None
-    worker = BillingWorker(worker_ledger.invoicing, interval_s) if worker_ledger else None
+    worker = (
+        BillingWorker(
+            worker_ledger.invoicing,
+            interval_s,
+            before=[worker_ledger.vat.run],
+            after=[
+                worker_ledger.payments.collect,
+                worker_ledger.payments.dunning,
+                lambda now: worker_ledger.journal.catch_up(),  # Reports then find it current.
+            ],
+        )
+        if worker_ledger
+        else None
+    )
     if worker is not None:
         worker.start()
     try:
@@ -261,7 +279,16 @@ def worker_command(args: argparse.Namespace) -> int:
         raise SettingsError(f"{BILLING_INTERVAL_ENV}=0: `tally worker` needs a period.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ledger = open_ledger(settings_from_env())
-    worker = BillingWorker(ledger.invoicing, interval_s)
+    worker = BillingWorker(
+        ledger.invoicing,
+        interval_s,
+        before=[ledger.vat.run],
+        after=[
+            ledger.payments.collect,
+            ledger.payments.dunning,
+            lambda now: ledger.journal.catch_up(),  # Reports then find it current.
+        ],
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         worker.stop()  # The run in progress finishes; the loop ends after it.
@@ -281,6 +308,7 @@ def bill_command(args: argparse.Namespace) -> int:
     try:
         now = args.at or datetime.now(UTC)
         ledger.billing.now = lambda: now  # The whole run sees the same instant.
+        ledger.vat.run(now)  # VAT-number checks first: a decision they unblock is used now.
         for invoice in ledger.invoicing.run(now):
             print(invoice_line(invoice))
     finally:

@@ -24,6 +24,7 @@ from application.errors import (
     NotFoundError,
 )
 from application.metering import BatchSizeError, EventRejectedError
+from application.payments import ProviderError, ProviderUnavailableError, WebhookSignatureError
 from domain.customer import CustomerNotErasableError
 from domain.errors import InvalidValueError, NotAllowedError
 
@@ -61,22 +62,6 @@ class MissingRootKeyError(Exception):
     def __init__(self, root: str) -> None:
         super().__init__(f"param is missing or the value is empty: {root}")
         self.root = root
-
-
-class PaymentRetryStatusError(Exception):
-    """Only a finalized invoice whose payment failed can be retried (Lago's invalid_status).
-
-    Raised by the invoices controller until payments give the Invoice aggregate a retry command.
-    """
-
-    def __init__(self, invoice_id: object, status: str, payment_status: str) -> None:
-        super().__init__(
-            f"Invoice {invoice_id} is {status} with payment {payment_status}: only a failed "
-            "payment of a finalized invoice can be retried."
-        )
-        self.invoice_id = invoice_id
-        self.status = status
-        self.payment_status = payment_status
 
 
 class BadQueryError(Exception):
@@ -142,6 +127,13 @@ def _framework_validation(exc: ValidationException) -> Response[dict[str, Any]]:
     return problem(400, str(exc.detail), error=f"BadRequest: {exc.detail}")
 
 
+def _provider_error(exc: ProviderError) -> Response[dict[str, Any]]:
+    """Lago's payment-provider failure: 422 provider_error, naming the provider connection."""
+    body = problem_body(422, str(exc), "provider_error", {"message": [exc.code]})
+    body["provider"] = {"code": exc.connection_code}
+    return Response(body, status_code=422, media_type=PROBLEM_JSON)
+
+
 def _unexpected(exc: Exception) -> Response[dict[str, Any]]:
     logger.error("Unhandled error", exc_info=exc)
     return problem(500, "An unexpected error occurred; it has been logged.")
@@ -162,7 +154,6 @@ PROBLEMS: Final[dict[type[Exception], Callable[[Any], Response[dict[str, Any]]]]
     BadQueryError: lambda e: _validation(e.field, e.reason, str(e)),
     NotAllowedError: lambda e: problem(405, str(e), e.code),
     CustomerNotErasableError: lambda e: problem(405, str(e), e.code, {"customer": e.reasons}),
-    PaymentRetryStatusError: lambda e: problem(405, str(e), "invalid_status"),
     EventRejectedError: lambda e: problem(
         422,
         str(e),
@@ -175,6 +166,9 @@ PROBLEMS: Final[dict[type[Exception], Callable[[Any], Response[dict[str, Any]]]]
     ),
     IdempotencyKeyInProgressError: lambda e: problem(409, str(e), "idempotency_key_in_progress"),
     ConcurrencyConflictError: lambda e: problem(409, str(e), "concurrent_modification"),
+    ProviderError: _provider_error,
+    ProviderUnavailableError: lambda e: problem(422, str(e), "third_party_error"),
+    WebhookSignatureError: lambda e: problem(400, str(e), "invalid_signature"),
     IntegrityError: lambda e: problem(409, "A concurrent write won.", "concurrent_modification"),
     MissingRootKeyError: lambda e: problem(400, str(e), error=f"BadRequest: {e}"),
     ValidationException: lambda e: _framework_validation(e),

@@ -6,7 +6,6 @@ Keys never leave this module but as their ids: not in logs, responses or the aud
 """
 
 import json
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -21,10 +20,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import GRANT_SCOPE_KEY, grant_for
 from api.problems import PROBLEM_JSON, problem_body
-from application.audit_log import AuditEntry, AuditLog
+from application.audit_log import AuditEntry, AuditWriter
 from application.keys import ApiKeyGrant
-
-logger = logging.getLogger("tally.api.security")
 
 API_PREFIX: Final = "/api/v1/"
 MUTATING: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -166,7 +163,9 @@ class SecurityMiddleware(ASGIMiddleware):
                     idempotency_key=headers.get("idempotency-key"),
                     occurred_at=received_at,
                 )
-                await to_thread.run_sync(_append, ledger.audit_log, entry)
+                # Queued: the writer commits it off this connection (application/audit_log.py).
+                writer: AuditWriter = scope["app"].state.audit_writer
+                writer.submit(entry)
 
     async def _guarded(
         self,
@@ -283,14 +282,6 @@ def _resource_key(path: str, response: bytes) -> str | None:
                 if isinstance(resource.get(field), str):
                     return str(resource[field])
     return None
-
-
-def _append(audit_log: AuditLog, entry: AuditEntry) -> None:
-    try:
-        audit_log.append(entry)
-    except Exception:
-        # The response is gone already; the failure must be visible to operators.
-        logger.exception("Could not append to the audit log: %s %s", entry.method, entry.path)
 
 
 __all__ = ["Limits", "RateDecision", "RateLimiter", "SecurityMiddleware", "refusal", "resource_of"]

@@ -8,13 +8,20 @@ cutting the tail, breaks the chain where it happened; `verify` names the first b
 
 import hashlib
 import json
+import logging
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Protocol
 from uuid import UUID
 
+logger = logging.getLogger("tally.audit_log")
+
 GENESIS_HASH: Final = "0" * 64  # The "previous hash" of the first entry.
 VERIFY_BATCH: Final = 1_000
+APPEND_BATCH_MAX: Final = 500  # Entries per transaction when requests arrive faster than commits.
+FLUSH_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,9 @@ class AuditLog(Protocol):
     def append(self, entry: AuditEntry) -> ChainedEntry:
         """Chain the entry after the head, atomically, even against other processes."""
 
+    def append_many(self, entries: Sequence[AuditEntry]) -> list[ChainedEntry]:
+        """Chain the entries, in order, in one transaction."""
+
     def page(
         self, organization_id: UUID, filters: AuditFilter, page: int, per_page: int
     ) -> tuple[list[ChainedEntry], int]:
@@ -74,6 +84,74 @@ class AuditLog(Protocol):
 
     def head(self) -> tuple[int, str]:
         """The last sequence appended and its hash, as the head records them."""
+
+
+class AuditWriter:
+    """Appends entries off the request path: the API submits each entry after its response and
+    one thread writes them, many per transaction under load, so a keep-alive connection's next
+    request never waits for the audit commit. Entries still queued when the process dies are
+    lost, as an entry whose response was sent just before a crash always could be."""
+
+    def __init__(self, log: AuditLog, batch_max: int = APPEND_BATCH_MAX) -> None:
+        self.log = log
+        self.batch_max = batch_max
+        self._pending: list[AuditEntry] = []
+        self._unwritten = 0  # Submitted and not yet written (or failed).
+        self._condition = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def start(self) -> None:
+        with self._condition:
+            if self._thread is not None:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Write what is queued, then end the thread."""
+        with self._condition:
+            thread, self._thread = self._thread, None
+            self._stopping = True
+            self._condition.notify_all()
+        if thread is not None:
+            thread.join(timeout_s)
+
+    def submit(self, entry: AuditEntry) -> None:
+        """Queue the entry; without a running thread, write it now."""
+        with self._condition:
+            if self._thread is not None:
+                self._pending.append(entry)
+                self._unwritten += 1
+                self._condition.notify_all()
+                return
+        self._write([entry])
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+        """Wait until every entry submitted so far is written; False on timeout."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self._unwritten == 0, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                self._condition.wait_for(lambda: self._pending or self._stopping)
+                if not self._pending:
+                    return  # Stopping, and everything is written.
+                batch = self._pending[: self.batch_max]
+                del self._pending[: self.batch_max]
+            self._write(batch)
+            with self._condition:
+                self._unwritten -= len(batch)
+                self._condition.notify_all()
+
+    def _write(self, batch: list[AuditEntry]) -> None:
+        try:
+            self.log.append_many(batch)
+        except Exception:
+            # The responses are gone already; the failure must be visible to operators.
+            logger.exception("Could not append %d entries to the audit log", len(batch))
 
 
 def instant_text(instant: datetime) -> str:
@@ -150,6 +228,7 @@ __all__ = [
     "AuditEntry",
     "AuditFilter",
     "AuditLog",
+    "AuditWriter",
     "ChainBreak",
     "ChainedEntry",
     "canonical",

@@ -27,6 +27,7 @@ from application.credit_notes import available_credit_notes, issue_credit_note
 from application.errors import ConcurrencyConflictError, NotFoundError
 from application.rating import Rating
 from application.usage_log import UsageLog
+from application.vat import TaxEngine
 from application.wallets import apply_wallets, settle_top_up
 from domain import ids
 from domain.charges import charge_minimum_true_up_cents, minimum_commitment_true_up_cents
@@ -53,6 +54,7 @@ from domain.periods import (
 )
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes
+from domain.vat import supply_date_of
 
 INVOICE_SERIES = "invoice"
 
@@ -84,10 +86,17 @@ class AuditReport:
 
 
 class Invoicing:
-    def __init__(self, billing: Billing, usage: UsageLog, rating: Rating) -> None:
+    def __init__(
+        self,
+        billing: Billing,
+        usage: UsageLog,
+        rating: Rating,
+        tax_engine: TaxEngine | None = None,
+    ) -> None:
         self.billing = billing
         self.usage = usage
         self.rating = rating
+        self.tax_engine = tax_engine
 
     # The billing run.
 
@@ -184,11 +193,26 @@ class Invoicing:
         """Create the boundary's invoice (finalized at once without a grace period), or refresh
         its draft; an invoice already final is left alone."""
         invoice_id = self._invoice_id(organization_id, draft)
-        taxes = self._taxes(organization_id)
-        fees = [taxes.apply(draft.customer, fee) for fee in draft.fees]
-        used_rates = {code: taxes.rates[code] for fee in fees for code in fee.tax_codes}
         grace_days = _grace_period_days(draft.customer)
         timezone = draft.customer.timezone or "UTC"
+        decision = (
+            self.tax_engine.taxes_for(
+                organization_id, draft.customer, supply_date_of(draft.boundary, timezone)
+            )
+            if self.tax_engine is not None
+            else None
+        )
+        if decision is None:  # The catalog's taxes, by precedence (§9.1).
+            taxes = self._taxes(organization_id)
+            fees = [taxes.apply(draft.customer, fee) for fee in draft.fees]
+            used_rates = {code: taxes.rates[code] for fee in fees for code in fee.tax_codes}
+        else:  # The engine's decision replaces the catalog's levels; its rates are recorded.
+            codes = tuple(line.tax_code for line in decision.taxes)
+            fees = [
+                fee if fee.fee_type == "credit" else replace(fee, tax_codes=codes)
+                for fee in draft.fees
+            ]
+            used_rates = {line.tax_code: line.rate for line in decision.taxes}
         for _ in range(COMMAND_RETRIES_MAX):
             try:
                 invoice: Invoice = self.billing.repository.get(invoice_id)
@@ -211,9 +235,13 @@ class Invoicing:
                 if invoice.status != "draft":
                     return invoice
                 invoice.refresh(draft.billing_periods, fees, watermark, used_rates)
+            if decision is not None:
+                invoice.record_tax_decision(dict(decision.record), decision.legal_mention)
             sequence = None
             credits: list[CreditNote] = []
-            if now >= draft.boundary + timedelta(days=grace_days):
+            # A pending tax decision (a VAT number VIES has not answered yet) keeps a draft.
+            pending = decision is not None and decision.pending
+            if now >= draft.boundary + timedelta(days=grace_days) and not pending:
                 credits = self._apply_customer_credit(invoice)
                 sequence = self._finalize(invoice, now, timezone, grace_days > 0)
             try:

@@ -10,7 +10,7 @@ numbers without gaps.
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from application.invoicing import Invoicing
@@ -34,9 +34,16 @@ class BillingWorker:
         interval_s: float = BILLING_INTERVAL_S_DEFAULT,
         *,
         clock: Callable[[], datetime] | None = None,
+        before: Sequence[Callable[[datetime], object]] = (),
+        after: Sequence[Callable[[datetime], object]] = (),
     ) -> None:
+        """before: steps run ahead of each billing run (VAT-number checks), so a decision
+        they unblock is used at once; after: steps run on its invoices (payment collection
+        and dunning, application/payments.py)."""
         assert interval_s > 0, interval_s
         self.invoicing = invoicing
+        self.before = tuple(before)
+        self.after = tuple(after)
         self.interval_s = interval_s
         self.clock = clock or invoicing.billing.now
         self.runs = 0  # Completed runs, for tests and logs.
@@ -44,7 +51,12 @@ class BillingWorker:
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> list[Invoice]:
-        invoices = self.invoicing.run(self.clock())
+        now = self.clock()
+        for step in self.before:
+            step(now)
+        invoices = self.invoicing.run(now)
+        for step in self.after:
+            step(now)
         self.runs += 1
         return invoices
 

@@ -186,8 +186,10 @@ class Bench:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
         )
+        if created.returncode != 0:
+            raise RuntimeError(f"tally org create failed:\n{created.stdout}{created.stderr}")
         lines = created.stdout.strip().splitlines()
         api_key = lines[-1]
         # "Created organization 'bench' (<id>). API key:"

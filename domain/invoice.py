@@ -80,6 +80,14 @@ class Invoice(BaseAggregate[UUID]):
         payment_due_date: date
         payment_status: str
 
+    class TaxDecisionRecorded(Event):
+        """A tax engine's decision for this invoice: regime, country, rates-dataset version,
+        evidence, and the legal mention the invoice must carry."""
+
+        TOPIC = "tally.Invoice.TaxDecisionRecorded"
+        decision: dict[str, Any]
+        legal_mention: str | None
+
     class Voided(Event):
         TOPIC = "tally.Invoice.Voided"
         voided_at: datetime
@@ -184,6 +192,13 @@ class Invoice(BaseAggregate[UUID]):
             # Nothing to collect: settled at once (§8.2).
             payment_status="succeeded" if self.totals.total_amount_cents <= 0 else "pending",
         )
+
+    def record_tax_decision(self, decision: dict[str, Any], legal_mention: str | None) -> None:
+        """Keep the tax engine's decision with a draft; records nothing when unchanged."""
+        if self.status != "draft":
+            raise InvoiceNotDraftError(f"Invoice {self.id} is {self.status}.")
+        if (decision, legal_mention) != (self.tax_decision, self.legal_mention):
+            self._tax_decision_recorded(decision=decision, legal_mention=legal_mention)
 
     def void(self, now: datetime) -> None:
         """Lago's void: finalized invoices whose payment has not succeeded (§8.8)."""
@@ -328,6 +343,8 @@ class Invoice(BaseAggregate[UUID]):
         self.tax_rates = tax_rates
         self.status = "draft"
         self.payment_status = "pending"
+        self.tax_decision: dict[str, Any] | None = None
+        self.legal_mention: str | None = None
         self.number: str | None = None
         self.sequential_id: int | None = None
         self.payment_due_date: date | None = None
@@ -368,6 +385,11 @@ class Invoice(BaseAggregate[UUID]):
         self.payment_due_date = payment_due_date
         self.payment_status = payment_status
         self.finalized_at = self.modified_on
+
+    @event(TaxDecisionRecorded)
+    def _tax_decision_recorded(self, decision: dict[str, Any], legal_mention: str | None) -> None:
+        self.tax_decision = decision
+        self.legal_mention = legal_mention
 
     @event(Voided)
     def _voided(self, voided_at: datetime) -> None:

@@ -591,13 +591,17 @@ class Payment(BaseAggregate[UUID]):
     @property
     def refunded_amount_cents(self) -> int:
         """Refunds that went through (requested ones count against the refundable amount)."""
-        return sum(r["amount_cents"] for r in self.refunds.values() if r["status"] == "succeeded")
+        return sum(
+            int(r["amount_cents"]) for r in self.refunds.values() if r["status"] == "succeeded"
+        )
 
     @property
     def refundable_amount_cents(self) -> int:
         if self.settled_status != "succeeded":
             return 0
-        reserved = sum(r["amount_cents"] for r in self.refunds.values() if r["status"] != "failed")
+        reserved = sum(
+            int(r["amount_cents"]) for r in self.refunds.values() if r["status"] != "failed"
+        )
         return self.amount_cents - reserved
 
 

@@ -9,7 +9,13 @@ from litestar.params import FromQuery, QueryParameter
 
 from api.http import Output, PaginationMeta, meta, pagination, parse_instant
 from api.problems import BadQueryError
-from application.audit_log import AuditFilter, AuditLog, ChainedEntry, instant_text
+from application.audit_log import (
+    AuditFilter,
+    AuditLog,
+    AuditWriter,
+    ChainedEntry,
+    instant_text,
+)
 
 MUTATING = ("POST", "PUT", "PATCH", "DELETE")
 
@@ -78,6 +84,8 @@ def audit_logs(
     )
     if status is not None and not 100 <= status <= 599:
         raise BadQueryError("status")
+    writer: AuditWriter = request.app.state.audit_writer
+    writer.flush()  # Read this process's own requests, queued a moment ago.
     log: AuditLog = request.app.state.ledger.audit_log
     entries, total = log.page(organization_id, filters, page, per_page)
     return AuditLogsResponse(

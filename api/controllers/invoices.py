@@ -26,7 +26,7 @@ from api.http import (
     pagination,
 )
 from api.pdf import invoice_pdf
-from api.problems import BadQueryError, PaymentRetryStatusError, RequestBodyError
+from api.problems import BadQueryError, RequestBodyError
 from application.billing import Billing
 from application.errors import NotFoundError
 from application.invoicing import AuditReport, Invoicing, content_hash
@@ -878,18 +878,15 @@ class InvoiceController(Controller):
     )
     def retry_payment(
         self,
+        request: Request[Any, Any, Any],
         lago_id: FromPath[str],
         raw_body: NamedDependency[bytes],
-        invoicing: NamedDependency[Invoicing],
         organization_id: NamedDependency[UUID],
     ) -> Response[bytes]:
-        """Retry collecting a failed payment: an empty 200, as Lago's `head :ok`."""
+        """Retry collecting a failed payment now, through the customer's payment provider:
+        an empty 200, as Lago's `head :ok` (application/payments.py)."""
         decode_body(raw_body, RetryPaymentInput)
-        invoice = invoicing.invoice(organization_id, invoice_id_from(lago_id))
-        if invoice.status != "finalized" or invoice.payment_status != "failed":
-            raise PaymentRetryStatusError(invoice.id, invoice.status, invoice.payment_status)
-        # Nothing to retry through yet: payment collection arrives with the payments issue,
-        # which will start a new attempt here.
+        request.app.state.ledger.payments.retry_payment(organization_id, invoice_id_from(lago_id))
         return Response(content=b"", status_code=200)
 
     @get("/{lago_id:str}/pdf", operation_id="findInvoicePdf", sync_to_thread=True)

@@ -70,13 +70,15 @@ def test_a_key_over_its_rate_gets_429_with_lagos_headers(
     assert organization_id is not None
     other = ledger.billing.issue_api_key(organization_id)
     assert client.get("/api/v1/customers", headers={"Authorization": f"Bearer {other}"}).is_success
-    # A refused request is not audited (it did nothing) and is not run.
+    # A refused request is not run, and the audit trail shows the refusal.
     posted = client.post(
         "/api/v1/customers", json={"customer": {"external_id": "c"}}, headers=headers
     )
     assert posted.status_code == 429
-    found = client.get("/api/v1/customers/c", headers={"Authorization": f"Bearer {other}"})
-    assert found.status_code == 404
+    other_headers = {"Authorization": f"Bearer {other}"}
+    assert client.get("/api/v1/customers/c", headers=other_headers).status_code == 404
+    logs = client.get("/api/v1/audit_logs", headers=other_headers).json()["audit_logs"]
+    assert [(e["method"], e["status"]) for e in logs] == [("POST", 429)]
 
 
 def test_the_bucket_refills_at_its_rate() -> None:

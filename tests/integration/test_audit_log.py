@@ -128,8 +128,8 @@ def test_audit_logs_filter_and_page_like_lago(api: tuple[Client, Ledger]) -> Non
     client, ledger = api
     acme, acme_key = ledger.billing.create_organization("acme")
     other, other_key = ledger.billing.create_organization("other")
-    second_key = ledger.billing.issue_api_key(acme.id)
-    second_id = ledger.billing.api_keys(acme.id)[1].id
+    second, second_key = ledger.billing.create_api_key(acme.id)
+    second_id = second.id
     for n, api_key in enumerate([acme_key, acme_key, second_key, other_key]):
         ledger.billing.now = lambda n=n: NOW + timedelta(minutes=n)  # type: ignore[misc]
         client.post(

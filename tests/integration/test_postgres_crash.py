@@ -44,16 +44,21 @@ class PrivateCluster:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.data = directory / "data"
+        self.log = directory / "postgres.log"
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
         shutil.chown(directory, "postgres")
 
     def run(self, *args: str) -> None:
+        # No pipes: the postmaster that pg_ctl starts would hold them open forever.
         subprocess.run(
             ["runuser", "-u", "postgres", "--", *args],
             check=True,
-            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             cwd=self.directory,
+            timeout=120,
         )
 
     def init(self) -> None:
@@ -63,7 +68,17 @@ class PrivateCluster:
 
     def start(self) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
-        self.run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-w", "-o", options, "start")
+        self.run(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.log),
+            "-w",
+            "-o",
+            options,
+            "start",
+        )
 
     def restart_immediate(self) -> None:
         options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1"
@@ -131,7 +146,8 @@ def test_a_postgres_crash_during_a_load_loses_no_acknowledged_event(tmp_path: Pa
                             time.sleep(0.1)
 
             def crash() -> None:
-                while len(acknowledged) < 10:
+                deadline = time.monotonic() + 60
+                while len(acknowledged) < 10 and time.monotonic() < deadline:
                     time.sleep(0.005)
                 cluster.restart_immediate()
 

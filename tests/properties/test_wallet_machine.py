@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 from domain.errors import InvalidValueError
 from domain.wallet import Wallet, WalletNotActiveError
 from tests.builders import ORG_ID
+from tests.reliability.battery import report, tier
 
 SEED = int(os.environ.get("TALLY_SEED") or random.SystemRandom().randrange(2**32))
 START = datetime(2026, 3, 1, tzinfo=UTC)
@@ -215,17 +216,23 @@ def test_the_wallet_matches_the_model_and_conserves_money() -> None:
     run_state_machine_as_test(
         seed(SEED)(WalletMachine),
         settings=settings(
-            max_examples=200,
+            max_examples=tier(200, 2000),
             stateful_step_count=50,
             deadline=None,
             database=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
-    print(
-        f"wallet_machine seed={SEED} runs={FIGURES['runs']} steps={FIGURES['steps']} "
-        f"conservation_violations={FIGURES['conservation_violations']} "
-        f"negative_balance_violations={FIGURES['negative_balance_violations']} "
-        f"drift_cents={FIGURES['drift_cents']}"
+    passed = report(
+        "R2",
+        "wallet_machine",
+        seed=SEED,
+        runs=FIGURES["runs"],
+        failures={
+            "conservation_violations": FIGURES["conservation_violations"],
+            "negative_balance_violations": FIGURES["negative_balance_violations"],
+            "drift_cents": FIGURES["drift_cents"],
+        },
+        steps=FIGURES["steps"],
     )
-    assert FIGURES["conservation_violations"] == FIGURES["negative_balance_violations"] == 0
+    assert passed, SEED
