@@ -24,8 +24,10 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
+# The deep tier of the reliability battery (tests/reliability/README.md): the slow tests, and the
+# battery's fast tests with more seeds and examples. PostgreSQL cases need TALLY_TEST_DATABASE_URL.
 reliability: $(STAMP)
-	TALLY_RELIABILITY=deep $(BIN)/pytest -m slow -p no:randomly
+	TALLY_RELIABILITY=deep $(BIN)/pytest -m "slow or reliability" -p no:randomly
 
 bench: $(STAMP)
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -74,6 +74,8 @@ class PostgresJournalView(PostgresTrackingRecorder, JournalView):
 
     def record(self, change: JournalChange, tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
+            # The position first: a position already applied fails before any row is written.
+            self._insert_tracking(curs, tracking)
             if change.rows:
                 curs.executemany(
                     SQL("INSERT INTO {0} ({1}) VALUES ({2})").format(
@@ -109,7 +111,6 @@ class PostgresJournalView(PostgresTrackingRecorder, JournalView):
                     ).format(self.customers_table),
                     change.customer_country,
                 )
-            self._insert_tracking(curs, tracking)
 
     def customer_country(self, customer_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as curs:

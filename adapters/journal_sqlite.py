@@ -65,12 +65,14 @@ class SQLiteJournalView(SQLiteTrackingRecorder, JournalView):
 
     def record(self, change: JournalChange, tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
+            # The position first: a position already applied fails before any row is written.
+            self._insert_tracking(c, tracking)
             if change.rows:
                 c.executemany(_INSERT_ROW, [_row_params(row) for row in change.rows])
             if change.invoice is not None:
                 record = change.invoice
                 c.execute(
-                    _UPSERT_RECORD, [_to_sql(name, getattr(record, name)) for name in RECORD_FIELDS]
+                    _UPSERT_RECORD, [_to_sql(getattr(record, name)) for name in RECORD_FIELDS]
                 )
             if change.customer_country is not None:
                 customer_id, country = change.customer_country
@@ -79,7 +81,6 @@ class SQLiteJournalView(SQLiteTrackingRecorder, JournalView):
                     "DO UPDATE SET country = excluded.country",
                     (str(customer_id), country),
                 )
-            self._insert_tracking(c, tracking)
 
     def customer_country(self, customer_id: UUID) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -159,30 +160,29 @@ def _where(row_filter: RowFilter) -> tuple[str, list[Any]]:
     ):
         if value is not None:
             clauses.append(f"{column} {operator} ?")
-            params.append(_to_sql(column, value))
+            params.append(_to_sql(value))
     if row_filter.accounts:
         clauses.append(f"account IN ({', '.join('?' for _ in row_filter.accounts)})")
         params.extend(row_filter.accounts)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-def _to_sql(name: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, UUID | date | Decimal):
-        return str(value) if not isinstance(value, date) else value.isoformat()
-    assert name not in UUID_FIELDS, (name, value)
+def _to_sql(value: Any) -> Any:
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, UUID | Decimal):
+        return str(value)
     return value
 
 
 def _row_params(row: JournalRow) -> list[Any]:
-    return [_to_sql(name, getattr(row, name)) for name in ROW_FIELDS]
+    return [_to_sql(getattr(row, name)) for name in ROW_FIELDS]
 
 
 def _from_sql(name: str, value: Any) -> Any:
     if value is None:
         return None
-    if name in UUID_FIELDS or name == "invoice_id":
+    if name in UUID_FIELDS:
         return UUID(value)
     if name in DATE_FIELDS or name in ("issuing_date", "payment_due_date"):
         return date.fromisoformat(value)

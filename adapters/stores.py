@@ -7,6 +7,7 @@ from eventsourcing.persistence import InfrastructureFactory
 from eventsourcing.postgres import PostgresFactory
 from eventsourcing.sqlite import SQLiteFactory
 
+import adapters.sqlite_writes  # noqa: F401 (write transactions begin IMMEDIATE on SQLite)
 from adapters.audit_log import MemoryAuditLog, PostgresAuditLog, SQLiteAuditLog
 from adapters.data_keys import MemoryDataKeys, PostgresDataKeys, SQLiteDataKeys
 from adapters.idempotency import (

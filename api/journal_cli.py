@@ -42,7 +42,9 @@ def add_journal_commands(
     project = commands.add_parser("project", help="maintain projections")
     project_commands = project.add_subparsers(title="project commands")
     rebuild = project_commands.add_parser(
-        "rebuild", help="forget a projection and rebuild it from the event log"
+        "rebuild",
+        help="forget a projection and rebuild it from the event log; stop `tally serve` and "
+        "`tally worker` first, or a catch-up racing the reset may skip events",
     )
     rebuild.add_argument("projection", choices=["journal"], help="the projection to rebuild")
     rebuild.set_defaults(run=project_rebuild_command)

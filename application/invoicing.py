@@ -485,15 +485,18 @@ class Invoicing:
                                     charge_code=charge.charge["code"],
                                 )
                             )
+            # Late usage of this phase's earlier periods, or of a phase that ended before.
+            late_before = closing.start_at if closing is not None else phase_end
+            if closing is not None or phase_end < boundary:
                 lines.extend(
                     self._late_adjustments(
                         subscription,
                         definition,
                         charges,
                         phase,
-                        closing,
+                        late_before,
                         watermark,
-                        previous_watermark.get(external_id, 0),
+                        previous_watermark.get(external_id),
                         common,
                         plan_taxes,
                     )
@@ -512,7 +515,8 @@ class Invoicing:
                         schedule=schedule,
                         index=index,
                         trial_ended_at=trial_ended_at,
-                        ended_at=ended_at,
+                        # Cut where the phase ends: a termination, or a plan change (§5.6).
+                        ended_at=arrears.end_at,
                         invoice_display_name=definition.get("invoice_display_name"),
                         tax_codes=plan_taxes,
                     )
@@ -587,15 +591,17 @@ class Invoicing:
         definition: Mapping[str, Any],
         charges: BillingSchedule,
         phase: Phase,
-        closing: Period,
+        late_before: datetime,
         watermark: int,
-        previous: int,
+        previous: int | None,
         common: Mapping[str, Any],
         plan_taxes: list[str],
     ) -> list[FeeLine]:
-        """Usage stamped in periods already invoiced that arrived since (§8.5): the difference
-        between the period rated now and as last invoiced, positive parts only, as lines."""
-        if previous <= 0 or closing.start_at <= phase.starts_at:
+        """Usage stamped in the phase's periods already invoiced (those before `late_before`)
+        that arrived since (§8.5): the difference between the period rated now and as last
+        invoiced, positive parts only, as lines. `previous` is the watermark of the
+        subscription's previous invoice (None: this is its first), which may be 0."""
+        if previous is None or late_before <= phase.starts_at:
             return []
         late_periods: set[int] = set()
         first = _period_at(charges, phase.starts_at)
@@ -606,14 +612,16 @@ class Invoicing:
                 subscription.external_id,
                 charge["billable_metric_code"],
                 first.start_at,
-                closing.start_at,
+                late_before,
                 previous,
                 watermark,
             ):
                 late_periods.add(charges.index_at(stored.event.timestamp))
         lines = []
         for index in sorted(late_periods):
-            period = charges.period(index)
+            # As it was invoiced: the last period of an ended phase is cut at its end.
+            period = charges.period(index).clamp(end_at=late_before)
+            assert period is not None, (index, late_before)
             now = {
                 (c.charge["lago_id"], f.bucket): f
                 for c in self.rating.rate_charges(
@@ -759,7 +767,8 @@ class Invoicing:
             subscription: Subscription = self.billing.repository.get(
                 ids.subscription_id(organization_id, external_id)
             )
-            previous = {external_id: self._previous_watermark(invoice, subscription)}
+            previous_watermark = self._previous_watermark(invoice, subscription)
+            previous = {} if previous_watermark is None else {external_id: previous_watermark}
             self._bill_boundary(draft, subscription, boundary, invoice.watermark, previous)
         stored_codes = {fee.key: fee.tax_codes for fee in stored}
         recomputed = [
@@ -796,24 +805,24 @@ class Invoicing:
             ],
         )
 
-    def _previous_watermark(self, invoice: Invoice, subscription: Subscription) -> int:
-        """The watermark of this subscription's invoice before this one (late-usage baseline)."""
+    def _previous_watermark(self, invoice: Invoice, subscription: Subscription) -> int | None:
+        """The watermark of this subscription's invoice before this one (late-usage baseline),
+        as the billing run takes it: the latest earlier invoice that bills the subscription,
+        the customer's or its own (backdated); None when this is its first."""
         boundary = _invoice_boundary(invoice)
-        best = 0
-        earlier = [b for b in _boundaries(subscription, boundary, self._plan) if b < boundary]
-        for previous_boundary in earlier:
-            previous_id = ids.invoice_id(
-                invoice.organization_id,
-                str(invoice.customer_id),
-                invoice.currency,
-                previous_boundary.isoformat(),
-            )
-            try:
-                previous: Invoice = self.billing.repository.get(previous_id)
-            except AggregateNotFoundError:
-                continue
-            best = max(best, previous.watermark)
-        return best
+        earlier = {b for b in _boundaries(subscription, boundary, self._plan) if b < boundary}
+        for previous_boundary in sorted(earlier, reverse=True):
+            key = [str(invoice.customer_id), invoice.currency, previous_boundary.isoformat()]
+            for parts in (key, [*key, subscription.external_id]):
+                try:
+                    previous: Invoice = self.billing.repository.get(
+                        ids.invoice_id(invoice.organization_id, *parts)
+                    )
+                except AggregateNotFoundError:
+                    continue
+                if subscription.external_id in _billed(previous):
+                    return previous.watermark
+        return None
 
     # Helpers.
 

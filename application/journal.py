@@ -276,11 +276,6 @@ class MemoryJournalView(POPOTrackingRecorder, JournalView):
             self._countries.clear()
             self._max_tracking_ids[tracking_name] = None
 
-    def replace_row(self, index: int, row: JournalRow) -> None:
-        """Tests only: corrupt a row, as a direct SQL update would."""
-        with self._database_lock:
-            self._rows[index] = row
-
 
 # The projection.
 
@@ -766,13 +761,13 @@ class Journal:
         wallet's paid, granted and awaiting balances; the period's revenue and VAT."""
         _check_period(date_from, date_to)
         self.catch_up()
-        organizations = [organization_id] if organization_id else self.billing_organization_ids()
+        organizations = [organization_id] if organization_id else self._organization_ids()
         differences: list[Difference] = []
         for org in organizations:
             differences += _Reconciliation(self, org, date_from, date_to).run()
         return differences
 
-    def billing_organization_ids(self) -> list[UUID]:
+    def _organization_ids(self) -> list[UUID]:
         self.billing.catch_up()
         return self.billing.index.view.aggregate_ids_of_kind("organization")
 

@@ -27,6 +27,8 @@ from domain.wallet import Wallet, WalletNotActiveError
 from tests.builders import ORG_ID
 from tests.reliability.battery import report, tier
 
+pytestmark = pytest.mark.reliability
+
 SEED = int(os.environ.get("TALLY_SEED") or random.SystemRandom().randrange(2**32))
 START = datetime(2026, 3, 1, tzinfo=UTC)
 EXPIRATION = START + timedelta(days=30)

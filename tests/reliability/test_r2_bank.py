@@ -17,6 +17,8 @@ from functools import partial
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from adapters.stores import Ledger
 from application.errors import ConcurrencyConflictError
 from application.wallets import TopUpValues, WalletValues
@@ -27,6 +29,8 @@ from domain.invoicing import FeeLine
 from domain.wallet import Wallet
 from tests.reliability.battery import report, tier
 from tests.reliability.battery import seed as battery_seed
+
+pytestmark = pytest.mark.reliability
 
 WRITERS = tier(16, 32)
 OPERATIONS_PER_WRITER = tier(12, 40)

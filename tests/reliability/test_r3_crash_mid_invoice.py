@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from adapters.settings import Settings, parse_database_url
 from adapters.stores import Ledger, open_ledger
 from application.invoicing import content_hash
@@ -27,11 +29,11 @@ from application.metering import EventInput
 from application.wallets import WalletValues
 from tests.reliability.battery import report, tier
 
+pytestmark = pytest.mark.reliability
+
 MARCH_1 = datetime(2026, 3, 1, tzinfo=UTC)
 JULY_1 = datetime(2026, 7, 1, tzinfo=UTC)
-SEEDS = (
-    [int(os.environ["TALLY_SEED"])] if os.environ.get("TALLY_SEED") else range(tier(20, 200))
-)
+SEEDS = [int(os.environ["TALLY_SEED"])] if os.environ.get("TALLY_SEED") else range(tier(20, 200))
 MODES = ("before_commit", "after_commit", "in_projection")
 # cus_0's wallet pays a part of its first invoice; cus_1's all of March and a part of April.
 WALLETS = {"cus_0": Decimal(15), "cus_1": Decimal(25)}
@@ -101,9 +103,7 @@ def build(settings: Settings) -> tuple[Ledger, UUID]:
 def outcome(ledger: Ledger, org: UUID) -> dict[str, Any]:
     """Everything the run decided: the invoices (with their content hash) and the wallets."""
     invoices, _ = ledger.invoicing.invoices(org, 1, 1000)
-    wallets = {
-        customer: ledger.wallets.wallets(org, customer, 1, 10)[0][0] for customer in WALLETS
-    }
+    wallets = {customer: ledger.wallets.wallets(org, customer, 1, 10)[0][0] for customer in WALLETS}
     return {
         "invoices": sorted(
             (
@@ -223,7 +223,9 @@ def test_a_billing_run_killed_anywhere_then_rerun_bills_everything_once(tmp_path
     reference.close()
     assert len(expected["invoices"]) == 12  # 3 customers x 4 months.
     invoices, _ = expected["objects"]
-    prepaid = sorted(i.prepaid_credit_amount_cents for i in invoices if i.prepaid_credit_amount_cents)
+    prepaid = sorted(
+        i.prepaid_credit_amount_cents for i in invoices if i.prepaid_credit_amount_cents
+    )
     assert sum(prepaid) == 4000, prepaid  # The wallets paid all their credits, over invoices.
     assert any(i.totals.total_amount_cents == 0 for i in invoices)  # One entirely.
 
