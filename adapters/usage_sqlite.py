@@ -32,6 +32,7 @@ from application.usage_log import (
     dimensions_text,
     merge_rollup_rows,
     rollup_rows,
+    totals_of,
     usage_key,
 )
 from domain.usage import BUCKET_SECONDS, Rollup, UsageEvent, bucket_start, rollup_of_value
@@ -327,6 +328,24 @@ class SQLiteUsageLog:
             )
             rows = c.fetchall()
         return [_stored_usage(row) for row in rows]
+
+    def totals_at(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        codes: Sequence[str],
+        start_at: datetime,
+        end_at: datetime,
+        up_to_position: int,
+    ) -> dict[str, list[UsageTotal]]:
+        # Numbers are text here: summed exactly in Python (one read per code).
+        return totals_of(
+            record
+            for code in dict.fromkeys(codes)
+            for record in self.events(
+                organization_id, external_subscription_id, code, start_at, end_at, up_to_position
+            )
+        )
 
     def events_since(
         self,

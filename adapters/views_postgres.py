@@ -101,3 +101,14 @@ class PostgresIndexView(PostgresTrackingRecorder, IndexView):
                 [*params, per_page, (page - 1) * per_page],
             )
             return [row["aggregate_id"] for row in curs.fetchall()], total
+
+    def parent_keys(self, organization_id: UUID, kinds: Sequence[str]) -> set[str]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT DISTINCT parent_key FROM {0} WHERE organization_id = %s "
+                    "AND kind = ANY(%s) AND parent_key IS NOT NULL"
+                ).format(self.table),
+                (organization_id, list(kinds)),
+            )
+            return {row["parent_key"] for row in curs.fetchall()}

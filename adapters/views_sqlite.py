@@ -86,6 +86,15 @@ class SQLiteIndexView(SQLiteTrackingRecorder, IndexView):
             )
             return [UUID(row[0]) for row in c.fetchall()], total
 
+    def parent_keys(self, organization_id: UUID, kinds: Sequence[str]) -> set[str]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT DISTINCT parent_key FROM resource_index WHERE organization_id = ? "
+                f"AND kind IN ({', '.join('?' for _ in kinds)}) AND parent_key IS NOT NULL",
+                [str(organization_id), *kinds],
+            )
+            return {row[0] for row in c.fetchall()}
+
 
 def _sortable(instant: datetime) -> str:
     return instant.isoformat(timespec="microseconds")

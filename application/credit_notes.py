@@ -25,7 +25,7 @@ from domain.credit_note import (
 )
 from domain.customer import Customer
 from domain.errors import InvalidValueError
-from domain.invoice import Invoice, NumberSequence
+from domain.invoice import Invoice, NumberSequence, VoidCreditNote
 from domain.periods import local_date
 
 if TYPE_CHECKING:
@@ -207,26 +207,36 @@ def issue_credit_note(
     description: str | None,
     origin: str | None,
     now: datetime,
+    void: VoidCreditNote | None = None,
+    sequence: NumberSequence | None = None,
 ) -> list[Any]:
     """Decide a credit note against a loaded invoice: the invoice checks and records it, the
-    invoice's sequence numbers it. Returns [credit note, invoice, sequence], to save together."""
-    series = credit_note_series(invoice.id)
-    try:
-        sequence: NumberSequence = billing.repository.get(
-            ids.sequence_id(invoice.organization_id, series)
-        )
-    except AggregateNotFoundError:
-        sequence = NumberSequence.start(invoice.organization_id, series)
+    invoice's sequence numbers it. Returns [credit note, invoice, sequence], to save together.
+
+    `void` is a note Invoice.void_credit_notes decided (items ignored); `sequence` the
+    invoice's credit-note sequence when several notes are decided in one transaction."""
+    if sequence is None:
+        series = credit_note_series(invoice.id)
+        try:
+            sequence = billing.repository.get(ids.sequence_id(invoice.organization_id, series))
+        except AggregateNotFoundError:
+            sequence = NumberSequence.start(invoice.organization_id, series)
+    assert sequence is not None
     sequential_id = sequence.last_value + 1
     credit_note_id = ids.credit_note_id(invoice.id, sequential_id)
-    amounts = invoice.record_credit_note(
-        credit_note_id,
-        items,
-        credit_amount_cents=credit_amount_cents,
-        refund_amount_cents=refund_amount_cents,
-        offset_amount_cents=offset_amount_cents,
-        origin=origin,
-    )
+    if void is not None:
+        assert origin is not None, invoice.id
+        invoice.record_void_credit_note(credit_note_id, void, origin)
+        amounts = void.amounts
+    else:
+        amounts = invoice.record_credit_note(
+            credit_note_id,
+            items,
+            credit_amount_cents=credit_amount_cents,
+            refund_amount_cents=refund_amount_cents,
+            offset_amount_cents=offset_amount_cents,
+            origin=origin,
+        )
     allocated = sequence.allocate(credit_note_id)
     assert allocated == sequential_id, (allocated, sequential_id)
     customer: Customer = billing.repository.get(invoice.customer_id)

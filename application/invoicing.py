@@ -13,29 +13,35 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.utils import get_topic
 
 from application.billing import Billing
 from application.credit_notes import available_credit_notes, issue_credit_note
 from application.errors import ConcurrencyConflictError, NotFoundError
-from application.rating import Rating
+from application.rating import Rating, from_events
 from application.usage_log import UsageLog
 from application.vat import TaxEngine
-from application.wallets import apply_wallets, settle_top_up
+from application.wallets import apply_wallets, recredit_wallets, settle_top_up
 from domain import ids
 from domain.charges import charge_minimum_true_up_cents, minimum_commitment_true_up_cents
 from domain.credit_note import CreditNote, CreditNoteAmounts
 from domain.customer import Customer
+from domain.errors import InvalidValueError
 from domain.invoice import Invoice, NumberSequence, document_prefix, invoice_number
 from domain.invoicing import (
+    ADVANCE_AGGREGATION_TYPES,
     FeeLine,
+    advance_fee_line,
+    advance_fees,
     charge_fee_line,
     period_key,
     subscription_fee,
@@ -44,6 +50,7 @@ from domain.invoicing import (
 from domain.limits import COMMAND_RETRIES_MAX
 from domain.money import CURRENCY_EXPONENTS, prorate_cents
 from domain.organization import Organization
+from domain.payment import Collection, Payment
 from domain.periods import (
     BillingSchedule,
     Period,
@@ -55,8 +62,12 @@ from domain.periods import (
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes
 from domain.vat import supply_date_of
+from domain.wallet import Wallet
 
 INVOICE_SERIES = "invoice"
+# Boundaries after a subscription's end at which its late usage is still billed: a year of
+# monthly periods. Each run visits them, so they are bounded.
+LATE_BOUNDARIES_MAX = 12
 
 
 @dataclass
@@ -71,6 +82,47 @@ class _Draft:
     subscriptions: set[str] = field(default_factory=set)
     issued: Invoice | None = None
     own_subscription: str | None = None  # Set for a subscription billed apart (backdated).
+    invoice_key: tuple[str, ...] | None = None  # A pay-in-advance bill's own key (§4.9).
+    late_credits: list["_LateCredit"] = field(default_factory=list)  # Negative late deltas.
+    # Auditing a period recorded before ADR 0020, when late usage of pay-in-advance charges
+    # was adjusted like any other charge's.
+    legacy_late_usage: bool = False
+
+
+@dataclass(frozen=True)
+class _LateCredit:
+    """Late usage that lowered an invoiced period's charge (§8.5): a credit note on the invoice
+    that billed it, for `cents` of its line `fee_key`, once per `origin`."""
+
+    organization_id: UUID
+    external_subscription_id: str
+    external_customer_id: str
+    customer_id: UUID
+    currency: str
+    invoice_boundary: datetime
+    fee_key: str
+    cents: int
+    origin: str
+    credited_cents: int  # Already credited under this origin when it was computed.
+
+
+@dataclass(frozen=True)
+class UsagePeriod:
+    """One invoiced charges period of a subscription (Lago's past usage): its charge fees,
+    each with its share of the invoice's tax."""
+
+    invoice: Invoice
+    from_at: datetime
+    to_at: datetime
+    fees: list[tuple[FeeLine, int]]  # (line, its tax share in cents)
+
+    @property
+    def amount_cents(self) -> int:
+        return sum(fee.amount_cents for fee, _ in self.fees)
+
+    @property
+    def taxes_amount_cents(self) -> int:
+        return sum(tax for _, tax in self.fees)
 
 
 @dataclass(frozen=True)
@@ -97,11 +149,31 @@ class Invoicing:
         self.usage = usage
         self.rating = rating
         self.tax_engine = tax_engine
+        self._advance_cursor: dict[UUID, int] = {}  # Known ends of advance-bill chains.
+        # Number sequences grow by an event per invoice: replaying one on every finalization
+        # made a run quadratic. This repository keeps each sequence and fast-forwards it from
+        # the events stored since (one short read), so it is as exact as a fresh load.
+        self._sequences: Repository[UUID] = Repository(billing.events, cache_maxsize=1_000)
 
     # The billing run.
 
     def run(self, now: datetime, organization_id: UUID | None = None) -> list[Invoice]:
-        """Bill every boundary up to now, for every customer; safe to repeat or race."""
+        """Bill every boundary up to now, for every customer; safe to repeat or race.
+
+        What does not change during a run is read once for it (ADR 0025): the usage watermark
+        (ADR 0010), metric definitions, each organization and its taxes, and which customers
+        hold credit notes or wallets (read again when one is created). The resource index
+        catches up once, at the end (every index read catches up first anyway)."""
+        token = _RUN.set(_RunScope(watermark=self.usage.watermark()))
+        try:
+            with self.rating.snapshot():
+                invoices = self._run(now, organization_id)
+        finally:
+            _RUN.reset(token)
+        self.billing.catch_up()
+        return invoices
+
+    def _run(self, now: datetime, organization_id: UUID | None) -> list[Invoice]:
         organizations = [organization_id] if organization_id else self.billing.organization_ids()
         invoices: list[Invoice] = []
         for org in organizations:
@@ -126,10 +198,12 @@ class Invoicing:
         customer: Customer = self.billing.repository.get(
             ids.customer_id(organization_id, external_customer_id)
         )
-        watermark = self.usage.watermark()
+        scope = _RUN.get()
+        watermark = self.usage.watermark() if scope is None else scope.watermark
         boundaries: set[datetime] = set()
         for subscription in subscriptions:
             boundaries.update(b for b in _boundaries(subscription, now, self._plan) if b <= now)
+            boundaries.update(_late_boundaries(subscription, now, self._plan))
         invoices = []
         previous_watermark: dict[str, int] = {}
         for boundary in sorted(boundaries):
@@ -150,6 +224,9 @@ class Invoicing:
                 # Before the boundary's invoice, so that invoice consumes the credit (§5.6).
                 self._lifecycle_credit_notes(subscription, boundary, now)
             for draft in drafts.values():
+                for credit in draft.late_credits:  # Likewise (§8.5).
+                    self._issue_late_credit(credit, now)
+            for draft in drafts.values():
                 invoice = draft.issued
                 if invoice is None and draft.billing_periods:
                     invoice = self._issue(organization_id, draft, watermark, now)
@@ -157,6 +234,10 @@ class Invoicing:
                     invoices.append(invoice)
                     for period in invoice.billing_periods:
                         previous_watermark[period["external_subscription_id"]] = invoice.watermark
+        for subscription in subscriptions:
+            advance = self._bill_advance(organization_id, customer, subscription, watermark, now)
+            if advance is not None:
+                invoices.append(advance)
         return invoices
 
     def _draft_for(
@@ -174,6 +255,8 @@ class Invoicing:
         return drafts[key]
 
     def _invoice_id(self, organization_id: UUID, draft: "_Draft") -> UUID:
+        if draft.invoice_key is not None:
+            return ids.invoice_id(organization_id, *draft.invoice_key)
         key = [str(draft.customer.id), draft.currency, draft.boundary.isoformat()]
         if draft.own_subscription is not None:
             key.append(draft.own_subscription)
@@ -193,7 +276,8 @@ class Invoicing:
         """Create the boundary's invoice (finalized at once without a grace period), or refresh
         its draft; an invoice already final is left alone."""
         invoice_id = self._invoice_id(organization_id, draft)
-        grace_days = _grace_period_days(draft.customer)
+        # A pay-in-advance bill is issued at once (§4.9): no grace period.
+        grace_days = 0 if draft.invoice_key is not None else _grace_period_days(draft.customer)
         timezone = draft.customer.timezone or "UTC"
         decision = (
             self.tax_engine.taxes_for(
@@ -248,16 +332,17 @@ class Invoicing:
                 self.billing.save(invoice, sequence, *credits)
             except IntegrityError:
                 continue  # Another run created it, or took the number: reload and decide again.
-            self.billing.catch_up()
+            if _RUN.get() is None:  # A run catches up once, at its end.
+                self.billing.catch_up()
             return invoice
         raise ConcurrencyConflictError("invoice", invoice_id)
 
     def _finalize(
         self, invoice: Invoice, now: datetime, timezone: str, on_finalization_date: bool
     ) -> NumberSequence:
-        organization: Organization = self.billing.repository.get(invoice.organization_id)
+        organization = self._organization(invoice.organization_id)
         try:
-            sequence: NumberSequence = self.billing.repository.get(
+            sequence: NumberSequence = self._sequences.get(
                 ids.sequence_id(invoice.organization_id, INVOICE_SERIES)
             )
         except AggregateNotFoundError:
@@ -283,6 +368,8 @@ class Invoicing:
         consumed: list[CreditNote] = []
         if due_cents <= 0:
             return consumed
+        if not self._may_hold_credit(invoice.organization_id, invoice.external_customer_id):
+            return consumed  # Neither a credit note nor a wallet: nothing can pay it.
         notes = available_credit_notes(
             self.billing, invoice.organization_id, invoice.external_customer_id
         )
@@ -411,6 +498,158 @@ class Invoicing:
                 return invoice
         return None
 
+    # Pay-in-advance charges (§4.9): each event's fee, on a bill of its own.
+
+    def _bill_advance(
+        self,
+        organization_id: UUID,
+        customer: Customer,
+        subscription: Subscription,
+        watermark: int,
+        now: datetime,
+    ) -> Invoice | None:
+        """Bill the events of the subscription's pay-in-advance charges received since its
+        last advance bill. The bills form a chain: each one's id is keyed by the watermark it
+        starts from (the previous one's), so a rerun or a racing run collides on the same id
+        and every event is billed exactly once."""
+        if not self._advance_charges(subscription):
+            return None
+        since = self._advance_since(subscription)
+        if watermark <= since:
+            return None
+        draft = _Draft(
+            customer,
+            "",
+            now,
+            invoice_key=("advance", str(subscription.id), str(since)),
+        )
+        self._bill_advance_lines(draft, subscription, since, watermark, now)
+        if not draft.fees:
+            return None
+        invoice = self._issue(organization_id, draft, watermark, now)
+        if invoice is not None and invoice.status != "draft":
+            self._advance_cursor[subscription.id] = invoice.watermark
+        return invoice
+
+    def _advance_charges(self, subscription: Subscription) -> bool:
+        for phase, _ in _phases(subscription):
+            definition = self._plan(phase).definition(phase.plan.plan_version)
+            if any(_in_advance(charge) for charge in definition.get("charges", [])):
+                return True
+        return False
+
+    def _advance_since(self, subscription: Subscription) -> int:
+        """The watermark the subscription's next advance bill starts from: the end of the
+        chain of its finalized advance bills (a draft, awaiting a tax decision, is redone)."""
+        since = self._advance_cursor.get(subscription.id, 0)
+        while True:
+            try:
+                invoice: Invoice = self.billing.repository.get(
+                    ids.invoice_id(
+                        subscription.organization_id, "advance", str(subscription.id), str(since)
+                    )
+                )
+            except AggregateNotFoundError:
+                break
+            if invoice.status == "draft":
+                break
+            since = invoice.watermark
+        self._advance_cursor[subscription.id] = since
+        return since
+
+    def _bill_advance_lines(
+        self,
+        draft: _Draft,
+        subscription: Subscription,
+        since: int,
+        watermark: int,
+        boundary: datetime,
+    ) -> None:
+        """Into the draft: a line per event appended in (since, watermark] to a pay-in-advance
+        charge, priced in its own charges period (a late one too, §8.5), and the billing period
+        that records `since`, the audit's input."""
+        org = subscription.organization_id
+        external_id = subscription.external_id
+        spans: list[Period] = []
+        plan_id, plan_version = "", 0
+        for phase, phase_end in _phases(subscription):
+            definition = self._plan(phase).definition(phase.plan.plan_version)
+            charges = _schedule(subscription, phase).charges_schedule(
+                bool(definition.get("bill_charges_monthly"))
+            )
+            plan_taxes = definition.get("tax_codes") or []
+            for charge in definition.get("charges", []):
+                if not _in_advance(charge):
+                    continue
+                _, rule = self.rating.metric(org, charge["billable_metric_code"])
+                if rule.aggregation_type not in ADVANCE_AGGREGATION_TYPES:
+                    continue
+                changed = self.usage.events_since(
+                    org, external_id, rule.code, phase.starts_at, phase_end, since, watermark
+                )
+                indexes = sorted(
+                    {charges.index_at(s.event.timestamp) for s in changed if s.position > since}
+                )
+                for index in indexes:
+                    period = charges.period(index).clamp(start_at=phase.starts_at, end_at=phase_end)
+                    assert period is not None, (index, phase.starts_at, phase_end)
+                    now_view = self._ordered(org, external_id, rule.code, period, watermark)
+                    fees = advance_fees(
+                        charge,
+                        rule,
+                        definition["amount_currency"],
+                        period,
+                        [
+                            s.event
+                            for s in self._ordered(org, external_id, rule.code, period, since)
+                        ],
+                        [s.event for s in now_view if s.position <= since],
+                        [s.event for s in now_view if s.position > since],
+                    )
+                    for fee in fees:
+                        if fee.amount_cents == 0:
+                            continue  # Under the high-water mark or free: nothing to bill.
+                        draft.fees.append(
+                            advance_fee_line(
+                                fee,
+                                charge,
+                                external_subscription_id=external_id,
+                                plan_id=str(phase.plan.plan_id),
+                                plan_version=phase.plan.plan_version,
+                                period=period,
+                                tax_codes=charge.get("tax_codes") or plan_taxes,
+                            )
+                        )
+                        spans.append(period)
+                        draft.currency = definition["amount_currency"]
+                        plan_id, plan_version = str(phase.plan.plan_id), phase.plan.plan_version
+        if draft.fees:
+            draft.billing_periods.extend(
+                _jsonable(
+                    [
+                        {
+                            "external_subscription_id": external_id,
+                            "lago_subscription_id": str(subscription.id),
+                            "lago_plan_id": plan_id,
+                            "plan_version": plan_version,
+                            "charges_from_datetime": min(p.start_at for p in spans),
+                            "charges_to_datetime": max(p.end_at for p in spans),
+                            "invoicing_reason": "in_advance_charge",
+                            "boundary": boundary,
+                            "advance_since": since,
+                        }
+                    ]
+                )
+            )
+            draft.subscriptions.add(external_id)
+
+    def _ordered(
+        self, org: UUID, external_id: str, code: str, period: Period, up_to: int
+    ) -> list[Any]:
+        """The period's live events at a watermark, in committed order (§4.9)."""
+        stored = self.usage.events(org, external_id, code, period.start_at, period.end_at, up_to)
+        return sorted(stored, key=lambda s: (s.position, s.sequence))
+
     # One subscription at one boundary.
 
     def _bill_boundary(
@@ -424,6 +663,7 @@ class Invoicing:
         external_id = subscription.external_id
         lines: list[FeeLine] = []
         periods: list[dict[str, Any]] = []
+        late_spans: list[Period] = []  # Late usage of phases ended before the boundary.
         for phase, phase_end in _phases(subscription):
             plan = self._plan(phase)
             definition = plan.definition(phase.plan.plan_version)
@@ -488,19 +728,22 @@ class Invoicing:
             # Late usage of this phase's earlier periods, or of a phase that ended before.
             late_before = closing.start_at if closing is not None else phase_end
             if closing is not None or phase_end < boundary:
-                lines.extend(
-                    self._late_adjustments(
-                        subscription,
-                        definition,
-                        charges,
-                        phase,
-                        late_before,
-                        watermark,
-                        previous_watermark.get(external_id),
-                        common,
-                        plan_taxes,
-                    )
+                late_lines, late_credits = self._late_adjustments(
+                    subscription,
+                    definition,
+                    charges,
+                    phase,
+                    late_before,
+                    watermark,
+                    previous_watermark.get(external_id),
+                    common,
+                    plan_taxes,
+                    advance_too=draft.legacy_late_usage,
                 )
+                lines.extend(late_lines)
+                draft.late_credits.extend(late_credits)
+                if late_lines and phase_end < boundary:
+                    late_spans.extend(Period(line.from_at, line.to_at) for line in late_lines)
             # The base fee: in arrears for the period closing here, in advance for the next.
             amount_cents = definition["amount_cents"]
             arrears = _closing_period(schedule, phase.starts_at, phase_end, boundary)
@@ -580,6 +823,26 @@ class Invoicing:
                         "boundary": boundary,
                     }
                 )
+        if not periods and late_spans and draft.own_subscription is None:
+            # Late usage of a subscription whose final invoice is out (§8.5): on the customer's
+            # next invoice, as this subscription's billing period of adjustments only.
+            last = subscription.phases[-1]
+            periods.append(
+                {
+                    "external_subscription_id": external_id,
+                    "lago_subscription_id": str(subscription.id),
+                    "lago_plan_id": str(last.plan.plan_id),
+                    "plan_version": last.plan.plan_version,
+                    "charges_from_datetime": min(span.start_at for span in late_spans),
+                    "charges_to_datetime": max(span.end_at for span in late_spans),
+                    "invoicing_reason": "subscription_terminating",
+                    "boundary": boundary,
+                    "late_usage_only": True,
+                }
+            )
+        for period in periods:
+            # The baseline of late usage, recorded: the audit's input (None: first invoice).
+            period["late_usage_since"] = previous_watermark.get(external_id)
         if periods:
             draft.billing_periods.extend(_jsonable(periods))
             draft.fees.extend(lines)
@@ -596,16 +859,25 @@ class Invoicing:
         previous: int | None,
         common: Mapping[str, Any],
         plan_taxes: list[str],
-    ) -> list[FeeLine]:
+        advance_too: bool = False,
+    ) -> tuple[list[FeeLine], list[_LateCredit]]:
         """Usage stamped in the phase's periods already invoiced (those before `late_before`)
-        that arrived since (§8.5): the difference between the period rated now and as last
-        invoiced, positive parts only, as lines. `previous` is the watermark of the
-        subscription's previous invoice (None: this is its first), which may be 0."""
+        that arrived, or was voided, since (§8.5): per bucket, the difference between the
+        period rated now and as last invoiced. `previous` is the watermark of the
+        subscription's previous invoice (None: this is its first), which may be 0.
+
+        A rise is a line; a fall is a credit note on the invoice that billed the period. Credit
+        notes for a fall are keyed by the baseline `previous` (they do not move it, as a line
+        does), so what was credited since that baseline counts as already adjusted: the
+        adjustment is delta + credited, a line when positive, a further credit when negative.
+        Pay-in-advance charges are billed per event on their own path (§4.9)."""
         if previous is None or late_before <= phase.starts_at:
-            return []
+            return [], []
         late_periods: set[int] = set()
         first = _period_at(charges, phase.starts_at)
         for charge in definition.get("charges", []):
+            if _in_advance(charge) and not advance_too:
+                continue
             # Only what changed between the two watermarks: appended or voided since.
             for stored in self.usage.events_since(
                 subscription.organization_id,
@@ -617,7 +889,8 @@ class Invoicing:
                 watermark,
             ):
                 late_periods.add(charges.index_at(stored.event.timestamp))
-        lines = []
+        lines: list[FeeLine] = []
+        credits: list[_LateCredit] = []
         for index in sorted(late_periods):
             # As it was invoiced: the last period of an ended phase is cut at its end.
             period = charges.period(index).clamp(end_at=late_before)
@@ -646,10 +919,35 @@ class Invoicing:
                 )
                 for f in c.fees
             }
+            currency = definition["amount_currency"]
             for key, fee in sorted(now.items(), key=lambda item: item[1].bucket.sort_key()):
+                charge = next(c for c in definition["charges"] if c["lago_id"] == fee.charge_id)
+                if _in_advance(charge) and not advance_too:
+                    continue
                 delta = fee.amount_cents - before.get(key, 0)
-                if delta > 0:
-                    charge = next(c for c in definition["charges"] if c["lago_id"] == fee.charge_id)
+                if delta == 0:
+                    continue
+                original_key = charge_fee_line(
+                    fee, **common, period=period, tax_codes=()
+                ).key  # The line that billed the period.
+                billed_on = self._invoice_with_fee(
+                    subscription.organization_id,
+                    subscription.customer_id,
+                    subscription.external_id,
+                    currency,
+                    period.end_at,
+                    original_key,
+                )
+                origin = f"late:{original_key}:{previous}:"
+                credited = self._late_credited(
+                    subscription.organization_id,
+                    subscription.external_customer_id,
+                    billed_on,
+                    original_key,
+                    origin,
+                )
+                adjustment = delta + credited
+                if adjustment > 0:
                     line = charge_fee_line(
                         fee,
                         **common,
@@ -657,10 +955,165 @@ class Invoicing:
                         tax_codes=charge.get("tax_codes") or plan_taxes,
                         key_prefix="adjustment",
                     )
-                    lines.append(
-                        _adjusted(line, delta, CURRENCY_EXPONENTS[definition["amount_currency"]])
+                    lines.append(_adjusted(line, adjustment, CURRENCY_EXPONENTS[currency]))
+                elif adjustment < 0:
+                    credits.append(
+                        _LateCredit(
+                            organization_id=subscription.organization_id,
+                            external_subscription_id=subscription.external_id,
+                            external_customer_id=subscription.external_customer_id,
+                            customer_id=subscription.customer_id,
+                            currency=currency,
+                            invoice_boundary=period.end_at,
+                            fee_key=original_key,
+                            cents=-adjustment,
+                            origin=origin,
+                            credited_cents=credited,
+                        )
                     )
-        return lines
+        return lines, credits
+
+    def _invoice_with_fee(
+        self,
+        organization_id: UUID,
+        customer_id: UUID,
+        external_subscription_id: str,
+        currency: str,
+        boundary: datetime,
+        fee_key: str,
+    ) -> Invoice | None:
+        """The invoice that billed a charges period's line: the customer's invoice at the
+        period's end, or the subscription's own one (backdated)."""
+        key = [str(customer_id), currency, boundary.isoformat()]
+        for parts in (key, [*key, external_subscription_id]):
+            try:
+                invoice: Invoice = self.billing.repository.get(
+                    ids.invoice_id(organization_id, *parts)
+                )
+            except AggregateNotFoundError:
+                continue
+            if any(fee["key"] == fee_key for fee in invoice.fee_events):
+                return invoice
+        return None
+
+    def _late_credited(
+        self,
+        organization_id: UUID,
+        external_customer_id: str,
+        original: Invoice | None,
+        original_key: str,
+        origin: str,
+    ) -> int:
+        """What late-usage credit notes under this origin credited of a period's bucket: on
+        its original line, and, once that line is fully credited (only then are they issued
+        there), on the adjustment lines later invoices carry for it."""
+        credited = _credited_since(original, original_key, origin)
+        if original is None or original.status != "finalized":
+            return credited
+        fee = next(f for f in original.fees if f.key == original_key)
+        if original.credited_fee_cents.get(original_key, 0) < fee.amount_cents:
+            return credited
+        adjustment_key = _adjustment_key(original_key)
+        return credited + sum(
+            _credited_since(invoice, adjustment_key, origin)
+            for invoice in self._with_line(organization_id, external_customer_id, adjustment_key)
+        )
+
+    def _with_line(
+        self, organization_id: UUID, external_customer_id: str, fee_key: str
+    ) -> list[Invoice]:
+        """The customer's finalized invoices with this line, oldest first (a rare scan)."""
+        found = [
+            invoice
+            for invoice in self.billing._all(
+                Invoice, "invoice", organization_id, external_customer_id
+            )
+            if invoice.status == "finalized"
+            and any(fee["key"] == fee_key for fee in invoice.fee_events)
+        ]
+        return sorted(found, key=lambda invoice: invoice.sequential_id or 0)
+
+    def _issue_late_credit(self, credit: _LateCredit, now: datetime) -> list[CreditNote]:
+        """Credit notes for late usage that lowered an invoiced period (§8.5): on the invoice
+        that billed it, at its own rates, offset while it is unpaid, else credit, up to what is
+        left of its line; what that line cannot take goes on the adjustment lines later
+        invoices carry for the period. Once per origin: a rerun finds them recorded."""
+        original = self._invoice_with_fee(
+            credit.organization_id,
+            credit.customer_id,
+            credit.external_subscription_id,
+            credit.currency,
+            credit.invoice_boundary,
+            credit.fee_key,
+        )
+        if original is None or original.status != "finalized":
+            return []  # Voided, or a draft still refreshed with the usage itself.
+        done = self._late_credited(
+            credit.organization_id,
+            credit.external_customer_id,
+            original,
+            credit.fee_key,
+            credit.origin,
+        )
+        # Less what another run credited under this origin since it was computed.
+        needed = credit.cents - (done - credit.credited_cents)
+        notes = []
+        targets = [(original.id, credit.fee_key)]
+        fee = next(f for f in original.fees if f.key == credit.fee_key)
+        if needed > fee.amount_cents - original.credited_fee_cents.get(credit.fee_key, 0):
+            adjustment_key = _adjustment_key(credit.fee_key)
+            for invoice in self._with_line(
+                credit.organization_id, credit.external_customer_id, adjustment_key
+            ):
+                targets.append((invoice.id, adjustment_key))
+        for invoice_id, fee_key in targets:
+            if needed <= 0:
+                break
+            note = self._late_credit_note(invoice_id, fee_key, needed, credit.origin, now)
+            if note is not None:
+                needed -= note.sub_total_excluding_taxes_amount_cents
+                notes.append(note)
+        return notes
+
+    def _late_credit_note(
+        self, invoice_id: UUID, fee_key: str, cents_max: int, origin: str, now: datetime
+    ) -> CreditNote | None:
+        """One late-usage credit note on one line, up to what is left of it."""
+        for _ in range(COMMAND_RETRIES_MAX):
+            invoice: Invoice = self.billing.repository.get(invoice_id)
+            fee = next(f for f in invoice.fees if f.key == fee_key)
+            left = fee.amount_cents - invoice.credited_fee_cents.get(fee_key, 0)
+            cents = min(cents_max, left)
+            if cents <= 0 or invoice.status != "finalized":
+                return None
+            amounts = invoice.credit_note_amounts({fee_key: cents})
+            offset = min(amounts.total_amount_cents, invoice.offsettable_amount_cents)
+            sequence_number = sum(
+                1 for known in invoice.credit_note_origins if known.startswith(origin)
+            )
+            aggregates = issue_credit_note(
+                self.billing,
+                invoice,
+                {fee_key: cents},
+                credit_amount_cents=amounts.total_amount_cents - offset,
+                refund_amount_cents=0,
+                offset_amount_cents=offset,
+                reason="other",
+                description=(
+                    f"Late usage lowered the charge of {fee.from_at.isoformat()} to "
+                    f"{fee.to_at.isoformat()}."
+                ),
+                origin=f"{origin}{sequence_number + 1}",
+                now=now,
+            )
+            try:
+                self.billing.save(*aggregates)
+            except IntegrityError:
+                continue
+            self.billing.catch_up()
+            note: CreditNote = aggregates[0]
+            return note
+        raise ConcurrencyConflictError("invoice", invoice_id)
 
     # Invoice commands and queries.
 
@@ -685,13 +1138,78 @@ class Invoicing:
             return invoice
         raise ConcurrencyConflictError("invoice", invoice_id)
 
-    def void(self, organization_id: UUID, invoice_id: UUID, now: datetime) -> Invoice:
-        def decide() -> Invoice:
-            invoice = self.invoice(organization_id, invoice_id)
-            invoice.void(now)
-            return invoice
+    def void(
+        self,
+        organization_id: UUID,
+        invoice_id: UUID,
+        now: datetime,
+        *,
+        generate_credit_note: bool = False,
+        credit_amount_cents: int = 0,
+        refund_amount_cents: int = 0,
+    ) -> Invoice:
+        """Lago's void (§8.8): the wallets get back the credits the invoice took; with
+        generate_credit_note a paid invoice may be voided too, and its credit notes (the
+        amounts asked, then the rest, see Invoice.void_credit_notes) are issued with it, in
+        one transaction."""
 
-        return self.billing._command("invoice", invoice_id, decide)
+        def decide() -> list[Any]:
+            invoice = self.invoice(organization_id, invoice_id)
+            if not generate_credit_note:
+                invoice.void(now)  # Refuses before anything is decided.
+            wallets, returned_cents = recredit_wallets(self.billing, invoice, now)
+            aggregates: list[Any] = []
+            if generate_credit_note:
+                planned = invoice.void_credit_notes(
+                    credit_amount_cents,
+                    refund_amount_cents,
+                    paid_amount_cents=self._paid_cents(invoice),
+                    returned_cents=returned_cents,
+                )
+                sequence = None
+                for number, note in enumerate(planned, start=1):
+                    issued = issue_credit_note(
+                        self.billing,
+                        invoice,
+                        {},
+                        credit_amount_cents=note.credit_amount_cents,
+                        refund_amount_cents=note.refund_amount_cents,
+                        offset_amount_cents=note.offset_amount_cents,
+                        reason="other",
+                        description=f"Credit note created due to voided invoice {invoice.id}",
+                        origin=f"void:{invoice.id}:{number}",
+                        now=now,
+                        void=note,
+                        sequence=sequence,
+                    )
+                    credit_note: CreditNote = issued[0]
+                    sequence = issued[2]
+                    if note.voided:
+                        credit_note.void(now)
+                    aggregates.append(credit_note)
+                if sequence is not None:
+                    aggregates.append(sequence)
+                invoice.void(now, generate_credit_note=True)
+            return [invoice, *aggregates, *wallets]
+
+        invoice: Invoice = self.billing._command_many("invoice", invoice_id, decide)[0]
+        return invoice
+
+    def _paid_cents(self, invoice: Invoice) -> int:
+        """What payments brought in for an invoice: all of it once paid, else the payments
+        recorded so far that succeeded (a partial payment)."""
+        if invoice.payment_status == "succeeded":
+            return invoice.total_paid_amount_cents
+        try:
+            collection: Collection = self.billing.repository.get(ids.collection_id(invoice.id))
+        except AggregateNotFoundError:
+            return 0
+        paid = 0
+        for payment_id in collection.payment_ids:
+            payment: Payment = self.billing.repository.get(payment_id)
+            if payment.settled_status == "succeeded":
+                paid += payment.amount_cents
+        return paid
 
     def refresh(self, organization_id: UUID, invoice_id: UUID, now: datetime) -> Invoice:
         """Lago's refresh: recompute a draft with the usage received since, through the billing
@@ -710,6 +1228,70 @@ class Invoicing:
         ]
         self.bill_customer(organization_id, invoice.external_customer_id, subscriptions, now)
         return self.invoice(organization_id, invoice_id)
+
+    def past_usage(
+        self,
+        organization_id: UUID,
+        external_customer_id: str,
+        external_subscription_id: str | None,
+        *,
+        billable_metric_code: str | None = None,
+        periods_count: int | None = None,
+    ) -> list[UsagePeriod]:
+        """Lago's past usage: the subscription's invoiced charges periods, newest first, from
+        the invoices' charge fees (Lago's PastUsageQuery), pay-in-advance fees of the period
+        included; late-usage adjustments stay on the invoice that carries them."""
+        if not external_subscription_id:
+            raise InvalidValueError(
+                "external_subscription_id", "value_is_mandatory", external_subscription_id
+            )
+        self.billing._get(
+            Customer,
+            ids.customer_id(organization_id, external_customer_id),
+            organization_id,
+            NotFoundError("customer", external_customer_id),
+        )
+        if billable_metric_code is not None:
+            try:
+                self.rating.metric(organization_id, billable_metric_code)
+            except AggregateNotFoundError:
+                raise NotFoundError("billable_metric", billable_metric_code) from None
+        if periods_count is not None and periods_count < 0:
+            raise InvalidValueError("periods_count", "value_is_invalid", periods_count)
+        invoices = [
+            invoice
+            for invoice in self.billing._all(
+                Invoice, "invoice", organization_id, external_customer_id
+            )
+            if invoice.status != "draft" and invoice.invoice_type == "subscription"
+        ]
+        charge_fees: dict[tuple[datetime, datetime], list[tuple[FeeLine, int]]] = defaultdict(list)
+        for invoice in invoices:
+            lines = invoice.totals.taxes.lines
+            for fee, taxes in zip(invoice.fees, lines, strict=True):
+                if fee.fee_type != "charge" or fee.external_subscription_id != (
+                    external_subscription_id
+                ):
+                    continue
+                if billable_metric_code is not None and fee.metric_code != billable_metric_code:
+                    continue
+                charge_fees[(fee.from_at, fee.to_at)].append((fee, taxes.taxes_amount_cents))
+        periods = []
+        for invoice in invoices:
+            for period in invoice.billing_periods:
+                if period["external_subscription_id"] != external_subscription_id:
+                    continue
+                if "advance_since" in period or period.get("late_usage_only"):
+                    continue  # Their fees belong to the periods they bill.
+                from_at = datetime.fromisoformat(period["charges_from_datetime"])
+                to_at = datetime.fromisoformat(period["charges_to_datetime"])
+                if to_at - from_at <= timedelta(microseconds=1):
+                    continue  # A base fee in advance only: no charges period.
+                periods.append(
+                    UsagePeriod(invoice, from_at, to_at, charge_fees.get((from_at, to_at), []))
+                )
+        periods.sort(key=lambda usage: usage.from_at, reverse=True)
+        return periods if periods_count is None else periods[:periods_count]
 
     def invoice_history(self, organization_id: UUID, invoice_id: UUID) -> list[Invoice]:
         """The invoice as it was after each of its events, oldest first (version 1 to latest)."""
@@ -757,17 +1339,32 @@ class Invoicing:
     def audit(self, organization_id: UUID, invoice_id: UUID) -> AuditReport:
         """Recompute the invoice from the plan versions it recorded and the raw usage log up
         to its watermark, and compare it line by line. The tax decision is an input the
-        invoice recorded (each line's tax codes and the rates), so it is reused, not re-made."""
+        invoice recorded (each line's tax codes and the rates), so it is reused, not re-made.
+        Every event is read and aggregated from its properties (rating.from_events), not the
+        store's totals the run used: the reference, independent of the stored values."""
+        with from_events():
+            return self._audit(organization_id, invoice_id)
+
+    def _audit(self, organization_id: UUID, invoice_id: UUID) -> AuditReport:
         invoice = self.invoice(organization_id, invoice_id)
         customer: Customer = self.billing.repository.get(invoice.customer_id)
         stored = invoice.fees
         boundary = _invoice_boundary(invoice)
         draft = _Draft(customer, invoice.currency, boundary)
-        for external_id in sorted({p["external_subscription_id"] for p in invoice.billing_periods}):
+        recorded = {p["external_subscription_id"]: p for p in invoice.billing_periods}
+        for external_id in sorted(recorded):
             subscription: Subscription = self.billing.repository.get(
                 ids.subscription_id(organization_id, external_id)
             )
-            previous_watermark = self._previous_watermark(invoice, subscription)
+            if "advance_since" in recorded[external_id]:  # A pay-in-advance bill (§4.9).
+                since = int(recorded[external_id]["advance_since"])
+                self._bill_advance_lines(draft, subscription, since, invoice.watermark, boundary)
+                continue
+            draft.legacy_late_usage = "late_usage_since" not in recorded[external_id]
+            if not draft.legacy_late_usage:  # The baseline it recorded.
+                previous_watermark = recorded[external_id]["late_usage_since"]
+            else:
+                previous_watermark = self._previous_watermark(invoice, subscription)
             previous = {} if previous_watermark is None else {external_id: previous_watermark}
             self._bill_boundary(draft, subscription, boundary, invoice.watermark, previous)
         stored_codes = {fee.key: fee.tax_codes for fee in stored}
@@ -827,14 +1424,77 @@ class Invoicing:
     # Helpers.
 
     def _plan(self, phase: Phase) -> Any:
-        return self.billing.repository.get(phase.plan.plan_id)
+        # A plan's versions never change once made (ADR 0006): a cached plan serves every
+        # version it has, and one without the phase's version is loaded afresh.
+        plan = self.rating.aggregates.get(phase.plan.plan_id)
+        if not plan.has_version(phase.plan.plan_version):
+            plan = self.billing.repository.get(phase.plan.plan_id)
+        return plan
+
+    def _may_hold_credit(self, organization_id: UUID, external_customer_id: str) -> bool:
+        """Whether the customer may hold a credit note or a wallet. Outside a run, always
+        (they are then looked up). In a run, from the index as of the run's start (one read
+        per organization), read again once either is created anywhere: one short read of the
+        event store per call instead of two index catch-ups and lookups."""
+        scope = _RUN.get()
+        if scope is None:
+            return True
+        recorder = self.billing.recorder
+        created = recorder.select_notifications(
+            scope.credit_position, 1, topics=_CREDIT_TOPICS, inclusive_of_start=False
+        )
+        if created or organization_id not in scope.credit_holders:
+            if created:
+                scope.credit_holders.clear()
+            # The position first: the index then holds at least every creation up to it.
+            scope.credit_position = recorder.max_notification_id() or 0
+            self.billing.catch_up()
+            scope.credit_holders[organization_id] = self.billing.index.view.parent_keys(
+                organization_id, ["credit_note", "wallet"]
+            )
+        return external_customer_id in scope.credit_holders[organization_id]
+
+    def _organization(self, organization_id: UUID) -> Organization:
+        scope = _RUN.get()
+        if scope is None or organization_id not in scope.organizations:
+            organization: Organization = self.billing.repository.get(organization_id)
+            if scope is None:
+                return organization
+            scope.organizations[organization_id] = organization
+        return scope.organizations[organization_id]
 
     def _taxes(self, organization_id: UUID) -> "_Taxes":
+        scope = _RUN.get()
+        if scope is not None and organization_id in scope.taxes:
+            return scope.taxes[organization_id]
         taxes, _ = self.billing.taxes(organization_id, 1, 10_000)
-        return _Taxes(
+        found = _Taxes(
             rates={tax.code: tax.rate for tax in taxes},
             defaults=tuple(tax.code for tax in taxes if tax.applied_to_organization),
         )
+        if scope is not None:
+            scope.taxes[organization_id] = found
+        return found
+
+
+@dataclass
+class _RunScope:
+    """What one billing run reads once: the usage watermark it bills up to, and per
+    organization the organization (its name makes the invoice numbers' prefix) and its taxes.
+    Held in a context variable, so concurrent runs and commands in other threads never see it.
+    """
+
+    watermark: int
+    organizations: dict[UUID, Organization] = field(default_factory=dict)
+    taxes: dict[UUID, "_Taxes"] = field(default_factory=dict)
+    # Per organization, the customers holding a credit note or a wallet, as the index knew
+    # them at credit_position (a notification id).
+    credit_holders: dict[UUID, set[str]] = field(default_factory=dict)
+    credit_position: int = 0
+
+
+_RUN: ContextVar[_RunScope | None] = ContextVar("tally_billing_run", default=None)
+_CREDIT_TOPICS = (get_topic(CreditNote.Created), get_topic(Wallet.Created))
 
 
 @dataclass(frozen=True)
@@ -926,6 +1586,56 @@ def _boundaries(subscription: Subscription, until: datetime, plan_of: Any) -> It
                 if end == phase_end:
                     break
                 index += 1
+
+
+def _adjustment_key(charge_key: str) -> str:
+    """The key of the adjustment lines for a charge line's period and bucket (§8.5)."""
+    assert charge_key.startswith("charge:"), charge_key
+    return "adjustment" + charge_key[len("charge") :]
+
+
+def _credited_since(invoice: Invoice | None, fee_key: str, origin: str) -> int:
+    """What late-usage credit notes keyed by this origin credited of a line (§8.5)."""
+    if invoice is None:
+        return 0
+    return sum(
+        int(item["amount_cents"])
+        for note in invoice.credit_notes_issued
+        if (note["origin"] or "").startswith(origin)
+        for item in note.get("items", [])
+        if item["fee_key"] == fee_key
+    )
+
+
+def _in_advance(charge: Mapping[str, Any]) -> bool:
+    return bool(charge.get("pay_in_advance"))
+
+
+def _late_boundaries(
+    subscription: Subscription, until: datetime, plan_of: Any
+) -> Iterable[datetime]:
+    """After a subscription's end, its charges schedule's next boundaries up to `until`, at
+    most LATE_BOUNDARIES_MAX: where its late usage is billed when its customer has no other
+    invoice then (§8.5). Usage arriving later than that is not billed (a documented limit)."""
+    ended_at = subscription.ended_at
+    if ended_at is None or ended_at > until:
+        return
+    phases = list(_phases(subscription))
+    if not phases:
+        return  # Ended as it started: nothing was ever billable.
+    phase, _ = phases[-1]
+    definition = plan_of(phase).definition(phase.plan.plan_version)
+    charges = _schedule(subscription, phase).charges_schedule(
+        bool(definition.get("bill_charges_monthly"))
+    )
+    index = charges.index_at(ended_at - timedelta(microseconds=1))
+    for _ in range(LATE_BOUNDARIES_MAX):
+        index += 1
+        boundary = charges.period(index).start_at
+        if boundary > until:
+            return
+        if boundary > ended_at:
+            yield boundary
 
 
 def _billed(invoice: Invoice) -> set[str]:

@@ -55,6 +55,11 @@ class IndexView(TrackingRecorder, ABC):
     ) -> tuple[list[UUID], int]:
         """Aggregate ids of one page (1-based), newest first, and the total count."""
 
+    @abstractmethod
+    def parent_keys(self, organization_id: UUID, kinds: Sequence[str]) -> set[str]:
+        """The parent keys of the resources of these kinds (e.g. the customers that hold a
+        credit note or a wallet), in one read."""
+
 
 class MemoryIndexView(POPOTrackingRecorder, IndexView):
     """The index for the in-memory store (unit and API tests)."""
@@ -112,6 +117,16 @@ class MemoryIndexView(POPOTrackingRecorder, IndexView):
         rows.sort(key=lambda e: (e.created_at, e.aggregate_id.int), reverse=True)
         start = (page - 1) * per_page
         return [e.aggregate_id for e in rows[start : start + per_page]], len(rows)
+
+    def parent_keys(self, organization_id: UUID, kinds: Sequence[str]) -> set[str]:
+        with self._database_lock:
+            return {
+                e.parent_key
+                for e in self._entries.values()
+                if e.organization_id == organization_id
+                and e.kind in kinds
+                and e.parent_key is not None
+            }
 
 
 # Events that add a resource to the index: its kind and the attributes naming its key and parent.

@@ -1,11 +1,18 @@
 """Rating a subscription's usage over a period, from the rollups or from the raw log.
 
-The rollups are the fast path (current usage, the billing run); the raw log up to a watermark is
-the reference (audit replay, and the aggregations rollups cannot answer). Both classify events
-into the same buckets (domain/rating.py), so they agree exactly.
+Three sources of the same totals. Without a watermark (current usage), the rollups serve what
+they can. At a watermark (invoices), the billing run reads the raw log up to it aggregated by the
+store, one read per subscription and period (UsageLog.totals_at: per code and dimension values,
+from the stored values); the audit, within `from_events()`, reads every event and aggregates
+them here from their properties, the reference that proves the run (ADR 0025). What neither
+totals path can answer (unique counts, weighted sums, percentages, proration, a charge keyed on
+a property the stored dimensions lack) is always aggregated from the events. All classify into
+the same buckets (domain/rating.py), so they agree exactly.
 """
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,15 +20,17 @@ from uuid import UUID
 
 from application.base import BillingBase
 from application.fresh_aggregates import FreshAggregates
-from application.usage_log import UsageLog
+from application.usage_log import UsageLog, UsageTotal
 from domain import ids
 from domain.billable_metric import BillableMetric
+from domain.charges import pricing_group_keys
 from domain.periods import Period
 from domain.rating import (
     ChargeFee,
     MetricRule,
     aggregate_events,
     aggregate_totals,
+    charge_filters,
     needs_events,
     rate_charge,
 )
@@ -41,11 +50,38 @@ class RatedCharge:
         return sum(fee.amount_cents for fee in self.fees)
 
 
+_FROM_EVENTS: ContextVar[bool] = ContextVar("tally_rating_from_events", default=False)
+_SNAPSHOT: ContextVar[bool] = ContextVar("tally_rating_snapshot", default=False)
+
+
+@contextmanager
+def from_events() -> Iterator[None]:
+    """Within this block (this thread or task only), rating at a watermark reads every event
+    and aggregates it from its properties: the audit's reference path."""
+    token = _FROM_EVENTS.set(True)
+    try:
+        yield
+    finally:
+        _FROM_EVENTS.reset(token)
+
+
 class Rating:
     def __init__(self, billing: BillingBase, usage: UsageLog) -> None:
         self.billing = billing
         self.usage = usage
         self.aggregates = FreshAggregates.of(billing)
+
+    @contextmanager
+    def snapshot(self, *, since_arrival: bool = False) -> Iterator[None]:
+        """Within this block (this thread or task only), metric definitions are those of its
+        start: one refresh for a whole billing run instead of one per subscription. A request
+        that only reads may take the refresh its authentication made (since_arrival)."""
+        self.aggregates.refresh(since_arrival=since_arrival)
+        token = _SNAPSHOT.set(True)
+        try:
+            yield
+        finally:
+            _SNAPSHOT.reset(token)
 
     def metric(self, organization_id: UUID, code: str) -> tuple[BillableMetric, MetricRule]:
         metric: BillableMetric = self.aggregates.get(ids.billable_metric_id(organization_id, code))
@@ -65,21 +101,75 @@ class Rating:
 
         With up_to_position (a watermark), only the raw log as it stood at that watermark is
         read: events at or below it, less those voided at or below it (the invoices' and the
-        audit's path); without, rollups serve what they can.
+        audit's path), aggregated by the store unless within `from_events()`; without, rollups
+        serve what they can.
         """
         currency = plan_definition["amount_currency"]
-        self.aggregates.refresh()  # Metric definitions as they are now.
-        rated = []
-        for charge in plan_definition.get("charges", []):
+        if not _SNAPSHOT.get():
+            self.aggregates.refresh()  # Metric definitions as they are now.
+        charges = [
             # A deleted metric still rates the plan versions that used it.
-            metric, rule = self.metric(organization_id, charge["billable_metric_code"])
-            use_events = (
+            (charge, *self.metric(organization_id, charge["billable_metric_code"]))
+            for charge in plan_definition.get("charges", [])
+        ]
+        at_watermark: tuple[dict[str, list[UsageTotal]], dict[str, list[UsageTotal]]] | None
+        at_watermark = None
+        if up_to_position is not None and not _FROM_EVENTS.get():
+            # One read for every charge of the period (and one for the recurring metrics'
+            # history), instead of the events of each charge.
+            codes = [rule.code for charge, _, rule in charges if not needs_events(charge, rule)]
+            recurring = [
+                rule.code
+                for charge, _, rule in charges
+                if not needs_events(charge, rule) and rule.recurring
+            ]
+            if codes:
+                at_watermark = (
+                    self.usage.totals_at(
+                        organization_id,
+                        external_subscription_id,
+                        codes,
+                        period.start_at,
+                        period.end_at,
+                        up_to_position,
+                    ),
+                    self.usage.totals_at(
+                        organization_id,
+                        external_subscription_id,
+                        recurring,
+                        EPOCH,
+                        period.start_at,
+                        up_to_position,
+                    )
+                    if recurring
+                    else {},
+                )
+        rated = []
+        for charge, metric, rule in charges:
+            from_totals = (
+                None
+                if at_watermark is None or needs_events(charge, rule)
+                else _covered(
+                    charge,
+                    at_watermark[0].get(rule.code, []),
+                    at_watermark[1].get(rule.code, []) if rule.recurring else [],
+                )
+            )
+            use_events = from_totals is None and (
                 up_to_position is not None
                 or needs_events(charge, rule)
                 or not _aligned(period.start_at)
                 or not _aligned(period.end_at)
             )
-            if use_events:
+            if from_totals is not None:
+                totals, history = from_totals
+                aggregates = aggregate_totals(
+                    charge,
+                    rule,
+                    [(t.dimensions, t.rollup, t.precise_total_amount_cents) for t in totals],
+                    [(t.dimensions, t.rollup, t.precise_total_amount_cents) for t in history],
+                )
+            elif use_events:
                 start = EPOCH if rule.recurring else period.start_at
                 stored = self.usage.events(
                     organization_id,
@@ -132,6 +222,23 @@ class Rating:
                 )
             )
         return rated
+
+
+def _covered(
+    charge: Mapping[str, Any], totals: Sequence[UsageTotal], history: Sequence[UsageTotal]
+) -> tuple[Sequence[UsageTotal], Sequence[UsageTotal]] | None:
+    """The totals, if their dimensions name every property the charge classifies by (its
+    filters' keys and its pricing group keys); else None, and the events must be read. The
+    dimensions hold the keys known when each event was ingested, so a filter or group key added
+    since is missing from the older events' totals."""
+    keys = {key for values in charge_filters(charge) for key in values}
+    keys.update(pricing_group_keys(charge.get("properties")))
+    for charge_filter in charge.get("filters", []):
+        keys.update(pricing_group_keys(charge_filter.get("properties")))
+    for total in (*totals, *history):
+        if not keys <= {key for key, _ in total.dimensions}:
+            return None
+    return totals, history
 
 
 def _aligned(instant: datetime) -> bool:

@@ -182,6 +182,21 @@ def apply_wallets(billing: BillingBase, invoice: Invoice) -> list[Wallet]:
     return paying
 
 
+def recredit_wallets(
+    billing: BillingBase, invoice: Invoice, now: datetime
+) -> tuple[list[Wallet], int]:
+    """A voided invoice's prepaid credits back to the wallets that paid it (§8.8), each once.
+    Returns the wallets to save with the void, in one transaction, and the cents returned."""
+    wallets, returned_cents = [], 0
+    for wallet_id in dict.fromkeys(credit["wallet_id"] for credit in invoice.prepaid_credits):
+        wallet: Wallet = billing.repository.get(wallet_id)
+        cents = wallet.recredit_invoice(invoice.id, now)
+        if cents > 0:
+            wallets.append(wallet)
+            returned_cents += cents
+    return wallets, returned_cents
+
+
 def customer_wallets(
     billing: BillingBase, organization_id: UUID, external_customer_id: str
 ) -> list[Wallet]:
@@ -410,17 +425,34 @@ class Wallets:
         return self.billing._command("wallet", wallet_id, decide)
 
     def top_up(
-        self, organization_id: UUID, wallet_id: UUID, values: TopUpValues
+        self,
+        organization_id: UUID,
+        wallet_id: UUID,
+        values: TopUpValues,
+        request_key: str | None = None,
     ) -> list[WalletTransaction]:
         """Lago's POST /wallet_transactions: paid, granted and voided credits, one transaction
-        per non-zero kind, in that order. A terminated wallet is not found, as in Lago."""
+        per non-zero kind, in that order. A terminated wallet is not found, as in Lago.
+
+        With a request_key (the request's Idempotency-Key) the transactions' ids derive from it,
+        so a retry of a top-up that committed (its answer lost) returns what it made, once."""
         check_credits(values.paid_credits, "paid_credits", "invalid_paid_credits")
         check_credits(values.granted_credits, "granted_credits", "invalid_granted_credits")
         check_credits(values.voided_credits, "voided_credits", "invalid_voided_credits")
         check_transaction_metadata(values.metadata)
-        transaction_ids = [uuid4(), uuid4(), uuid4()]
+        transaction_ids = (
+            [uuid4(), uuid4(), uuid4()]
+            if request_key is None
+            else [
+                ids.wallet_transaction_id(wallet_id, "request", request_key, kind)
+                for kind in ("paid", "granted", "voided")
+            ]
+        )
         for _ in range(COMMAND_RETRIES_MAX):
             wallet = self.wallet(organization_id, wallet_id)
+            made = [wallet.transactions[t] for t in transaction_ids if t in wallet.transactions]
+            if made:
+                return made  # This request's top-up, committed already.
             now = self.billing.now()
             if not wallet.is_usable_at(now):
                 raise NotFoundError("wallet", wallet_id)

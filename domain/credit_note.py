@@ -17,6 +17,7 @@ from eventsourcing.domain import AggregateCreated, AggregateEvent, BaseAggregate
 from domain.errors import CurrencyMismatchError, InvalidValueError, NotAllowedError
 from domain.invoicing import FeeLine
 from domain.limits import AMOUNT_CENTS_MAX, TEXT_LENGTH_MAX
+from domain.money import allocate_cents
 from domain.taxes import AppliedTax, invoice_taxes
 
 REASONS: Final = (
@@ -100,6 +101,51 @@ def credit_note_amounts(
         applied_taxes=tuple(applied),
         taxes_rate=invoice_taxes(own).taxes_rate,
     )
+
+
+def split_credit_note_amounts(
+    fees: Sequence[FeeLine],
+    rates: Mapping[str, Decimal],
+    whole: CreditNoteAmounts,
+    totals: Sequence[int],
+) -> list[CreditNoteAmounts]:
+    """Share one credit note's amounts out into notes with exactly these totals (§8.8: a void
+    credits and refunds given amounts, tax included). Every item and every tax of the whole is
+    split by largest remainder, part after part, so the parts add up to the whole item by item
+    and tax by tax: together they credit exactly what the whole would (its tax per rate
+    included), and none credits more of a line or a rate than is left of it."""
+    assert sum(totals) == whole.total_amount_cents and min(totals) >= 0, (totals, whole)
+    codes = {fee.key: _codes(fee, rates) for fee in fees}
+    items_left = [cents for _, cents in whole.items]
+    taxes_left = [tax.tax_cents for tax in whole.applied_taxes]
+    parts = []
+    for index, total in enumerate(totals):
+        if index == len(totals) - 1:
+            shares = [*items_left, *taxes_left]
+        elif total == 0:
+            shares = [0] * (len(items_left) + len(taxes_left))
+        else:
+            shares = allocate_cents(total, [*items_left, *taxes_left])
+        item_shares, tax_shares = shares[: len(items_left)], shares[len(items_left) :]
+        items_left = [left - share for left, share in zip(items_left, item_shares, strict=True)]
+        taxes_left = [left - share for left, share in zip(taxes_left, tax_shares, strict=True)]
+        assert min([*items_left, *taxes_left], default=0) >= 0, (items_left, taxes_left)
+        items = [
+            (key, share) for (key, _), share in zip(whole.items, item_shares, strict=True) if share
+        ]
+        applied = []
+        for tax, share in zip(whole.applied_taxes, tax_shares, strict=True):
+            base = sum(c for key, c in items if (tax.tax_code, tax.rate) in codes[key])
+            if base or share:
+                applied.append(AppliedTax(tax.tax_code, tax.rate, base, share))
+        parts.append(
+            CreditNoteAmounts(
+                items=tuple(items),
+                applied_taxes=tuple(applied),
+                taxes_rate=invoice_taxes([(c, codes[key]) for key, c in items]).taxes_rate,
+            )
+        )
+    return parts
 
 
 def _codes(fee: FeeLine, rates: Mapping[str, Decimal]) -> list[tuple[str, Decimal]]:

@@ -1,7 +1,7 @@
 """Invoice and the gapless number Sequence: drafts recomputed until finalized, then immutable."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final
@@ -16,9 +16,11 @@ from domain.credit_note import (
     CreditNoteInvalidTypeOrStatusError,
     check_split,
     credit_note_amounts,
+    split_credit_note_amounts,
 )
 from domain.errors import InvalidValueError, NotAllowedError
 from domain.invoicing import FeeLine, Totals, totals
+from domain.limits import AMOUNT_CENTS_MAX
 
 INVOICE_TYPES: Final = ("subscription", "add_on", "credit", "one_off", "advance_charges")
 PAYMENT_STATUSES: Final = ("pending", "succeeded", "failed")
@@ -26,6 +28,7 @@ INVOICING_REASONS: Final = (
     "subscription_starting",
     "subscription_periodic",
     "subscription_terminating",
+    "in_advance_charge",
 )
 
 
@@ -39,6 +42,17 @@ class InvoiceNotVoidableError(NotAllowedError):
 
 class PaymentStatusOnDraftError(NotAllowedError):
     code = "payment_status_update_on_draft_invoice"
+
+
+@dataclass(frozen=True)
+class VoidCreditNote:
+    """A credit note a void with generate_credit_note issues (§8.8), decided by the invoice."""
+
+    amounts: CreditNoteAmounts
+    credit_amount_cents: int
+    refund_amount_cents: int
+    offset_amount_cents: int
+    voided: bool  # Its credit is voided at once: the part nobody gets back.
 
 
 class Invoice(BaseAggregate[UUID]):
@@ -200,11 +214,102 @@ class Invoice(BaseAggregate[UUID]):
         if (decision, legal_mention) != (self.tax_decision, self.legal_mention):
             self._tax_decision_recorded(decision=decision, legal_mention=legal_mention)
 
-    def void(self, now: datetime) -> None:
-        """Lago's void: finalized invoices whose payment has not succeeded (§8.8)."""
-        if self.status != "finalized" or self.payment_status == "succeeded":
+    def void(self, now: datetime, *, generate_credit_note: bool = False) -> None:
+        """Lago's void: finalized invoices whose payment has not succeeded, or any finalized
+        one with generate_credit_note (its notes recorded first: void_credit_notes, §8.8)."""
+        if self.status != "finalized" or (
+            self.payment_status == "succeeded" and not generate_credit_note
+        ):
             raise InvoiceNotVoidableError(f"Invoice {self.id} cannot be voided.")
         self._voided(voided_at=now)
+
+    def void_credit_notes(
+        self,
+        credit_amount_cents: int,
+        refund_amount_cents: int,
+        *,
+        paid_amount_cents: int,
+        returned_cents: int,
+    ) -> list[VoidCreditNote]:
+        """The credit notes a void with generate_credit_note issues (Lago's Invoices::
+        VoidService, §8.8), or a refusal. Decides, records nothing.
+
+        `paid_amount_cents` is what payments brought in; `returned_cents` what the void gives
+        back to wallets. The first note credits and refunds the amounts asked, tax included;
+        the second takes everything else left to credit: what is still due and what went back
+        to the wallets as an offset (the receivable the void closes), the rest as credit voided
+        at once (what the customer does not get back). Both are shares of one note on every
+        remaining line, so together they credit the invoice exactly, tax per rate included.
+
+        Refused (422 credit_refund_amount, Lago's total_amount_exceeds_invoice_amount): a
+        refund above what was paid and not refunded yet, or credit + refund above what the
+        customer paid for the invoice (in money or credit notes, less what notes gave back).
+        Stricter than Lago, which lets credit reach the whole creditable amount even unpaid.
+        """
+        if self.status != "finalized":
+            raise InvoiceNotVoidableError(f"Invoice {self.id} cannot be voided.")
+        self._check_creditable()
+        for field, value in (
+            ("credit_amount", credit_amount_cents),
+            ("refund_amount", refund_amount_cents),
+        ):
+            if not 0 <= value <= AMOUNT_CENTS_MAX:
+                raise InvalidValueError(field, "invalid_value", value)
+        remaining = {
+            fee.key: fee.amount_cents - self.credited_fee_cents.get(fee.key, 0)
+            for fee in self.fees
+            if fee.amount_cents - self.credited_fee_cents.get(fee.key, 0) > 0
+        }
+        whole = self.credit_note_amounts(remaining) if remaining else None
+        creditable = whole.total_amount_cents if whole is not None else 0
+        paid = self.payment_status == "succeeded"
+        due = max(0, self.total_due_amount_cents - (0 if paid else paid_amount_cents))
+        refundable = max(0, paid_amount_cents - self.total_refunded_amount_cents)
+        allowed = creditable - due - returned_cents
+        wanted = credit_amount_cents + refund_amount_cents
+        if refund_amount_cents > refundable or wanted > max(0, allowed):
+            raise InvalidValueError(
+                "credit_refund_amount", "total_amount_exceeds_invoice_amount", wanted
+            )
+        if whole is None:
+            return []
+        first, rest = split_credit_note_amounts(
+            self.fees, self.tax_rates, whole, [wanted, creditable - wanted]
+        )
+        notes = []
+        if wanted > 0:
+            notes.append(VoidCreditNote(first, credit_amount_cents, refund_amount_cents, 0, False))
+        left = creditable - wanted
+        if left > 0:
+            offset = min(left, due + returned_cents)
+            notes.append(VoidCreditNote(rest, left - offset, 0, offset, left > offset))
+        return notes
+
+    def record_void_credit_note(
+        self, credit_note_id: UUID, note: VoidCreditNote, origin: str
+    ) -> None:
+        """Record a note void_credit_notes decided (it checked the caps)."""
+        assert origin not in self.credit_note_origins, origin
+        self._check_creditable()
+        for key, cents in note.amounts.items:
+            fee = next(f for f in self.fees if f.key == key)
+            assert cents <= fee.amount_cents - self.credited_fee_cents.get(key, 0), (key, cents)
+        total_cents = note.amounts.total_amount_cents
+        check_split(
+            total_cents,
+            note.credit_amount_cents,
+            note.refund_amount_cents,
+            note.offset_amount_cents,
+        )
+        self._credit_note_recorded(
+            credit_note_id=credit_note_id,
+            origin=origin,
+            items=[{"fee_key": key, "amount_cents": cents} for key, cents in note.amounts.items],
+            total_amount_cents=total_cents,
+            credit_amount_cents=note.credit_amount_cents,
+            refund_amount_cents=note.refund_amount_cents,
+            offset_amount_cents=note.offset_amount_cents,
+        )
 
     def set_payment_status(self, payment_status: str) -> None:
         if payment_status not in PAYMENT_STATUSES:
@@ -422,6 +527,7 @@ class Invoice(BaseAggregate[UUID]):
             {
                 "credit_note_id": credit_note_id,
                 "origin": origin,
+                "items": items,
                 "total_amount_cents": total_amount_cents,
                 "credit_amount_cents": credit_amount_cents,
                 "refund_amount_cents": refund_amount_cents,
@@ -507,6 +613,16 @@ class Invoice(BaseAggregate[UUID]):
     @property
     def total_offsetted_credit_note_amount_cents(self) -> int:
         return self._issued_sum("offset_amount_cents")
+
+    @property
+    def void_offset_amount_cents(self) -> int:
+        """Offsets of the credit notes a void issued (§8.8): they close what the void reopened
+        (the amount due, the wallets' part), never part of what a payment status covered."""
+        return sum(
+            int(note["offset_amount_cents"])
+            for note in self.credit_notes_issued
+            if (note["origin"] or "").startswith("void:")
+        )
 
     @property
     def refundable_amount_cents(self) -> int:

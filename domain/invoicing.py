@@ -7,12 +7,23 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from domain.money import EXACT, ROUNDING, display_quotient, prorate_cents
+from domain.charges import charge_amount
+from domain.money import CURRENCY_EXPONENTS, EXACT, ROUNDING, display_quotient, prorate_cents
 from domain.periods import BillingSchedule, Period, base_fee_period, local_days
-from domain.rating import ChargeFee
+from domain.rating import (
+    EVENT_VALUE_MODELS,
+    BucketKey,
+    ChargeFee,
+    MetricRule,
+    bucket_properties,
+    classify,
+)
 from domain.taxes import InvoiceTaxes, invoice_taxes
+from domain.usage import UsageEvent, aggregate
 
 FEE_TYPES = ("subscription", "charge", "commitment", "adjustment")
+# Pay-in-advance charges: aggregations billed per event (§4.9).
+ADVANCE_AGGREGATION_TYPES = ("count_agg", "sum_agg", "unique_count_agg")
 
 
 @dataclass(frozen=True)
@@ -45,8 +56,19 @@ class FeeLine:
     tax_codes: tuple[str, ...] = ()
     adjusted_invoice_id: str | None = None
     rounding: str = ROUNDING
+    # A pay-in-advance charge's fee, billed for one event at ingestion (§4.9); recorded only
+    # when set, so lines recorded before these fields existed keep their exact shape.
+    pay_in_advance: bool = False
+    event_transaction_id: str | None = None
 
     def as_event(self) -> dict[str, Any]:
+        recorded = self._as_event()
+        if self.pay_in_advance:
+            recorded["pay_in_advance"] = True
+            recorded["event_transaction_id"] = self.event_transaction_id
+        return recorded
+
+    def _as_event(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "fee_type": self.fee_type,
@@ -101,6 +123,8 @@ class FeeLine:
             tax_codes=tuple(data["tax_codes"]),
             adjusted_invoice_id=data["adjusted_invoice_id"],
             rounding=data["rounding"],
+            pay_in_advance=bool(data.get("pay_in_advance", False)),
+            event_transaction_id=data.get("event_transaction_id"),
         )
 
 
@@ -264,6 +288,175 @@ def totals(fees: Sequence[FeeLine], rates: Mapping[str, Decimal]) -> Totals:
         fees_amount_cents=sum(fee.amount_cents for fee in fees),
         taxes=invoice_taxes(lines),
     )
+
+
+@dataclass(frozen=True)
+class AdvanceFee:
+    """One event's pay-in-advance fee (§4.9): what its arrival added to its bucket's bill."""
+
+    event: UsageEvent
+    bucket: BucketKey
+    filter_values: Mapping[str, Sequence[str]] | None
+    invoice_display_name: str | None
+    units: Decimal  # The billed units' increase (the high-water mark's).
+    unit_amount: Decimal
+    precise_amount_cents: Decimal
+    amount_cents: int
+
+
+def advance_fees(
+    charge: Mapping[str, Any],
+    metric: MetricRule,
+    currency: str,
+    period: Period,
+    billed: Sequence[UsageEvent],
+    kept: Sequence[UsageEvent],
+    new: Sequence[UsageEvent],
+) -> list[AdvanceFee]:
+    """The fee of each new event of a pay-in-advance charge in one charges period (§4.9).
+
+    `billed` are the period's events as the previous advance bill saw them, `kept` those of
+    them still live now, `new` the events since; each in committed order. Per bucket the billed
+    units follow a high-water mark (decreases and removes never refund within the period) and an
+    event pays model(after) − what the bucket paid so far, the first one from nothing (so it pays
+    a graduated first range's flat amount). Each fee is a difference of rounded totals: the fees
+    of a period always sum, to the cent, to the model of its highest units.
+    """
+    by_bucket: dict[BucketKey, tuple[list[UsageEvent], list[UsageEvent], list[UsageEvent]]] = {}
+    for index, events in enumerate((billed, kept, new)):
+        for usage in events:
+            key = classify(charge, metric, usage.properties)
+            by_bucket.setdefault(key, ([], [], []))[index].append(usage)
+    filters = charge.get("filters", [])
+    fees = []
+    for key in sorted(by_bucket, key=BucketKey.sort_key):
+        bucket_billed, current, bucket_new = by_bucket[key]
+        properties = bucket_properties(charge, key.filter_index)
+
+        high = max(_running_units(metric, bucket_billed, period), default=Decimal(0))
+        paid_cents, paid_precise = (
+            _advance_price(charge, metric, properties, currency, high, bucket_billed)
+            if bucket_billed
+            else (0, Decimal(0))
+        )
+        kept_count = len(current)
+        running = _running_units(metric, [*current, *bucket_new], period)
+        for position, usage in enumerate(bucket_new):
+            current.append(usage)
+            after = max(high, running[kept_count + position])
+            cents, precise = _advance_price(charge, metric, properties, currency, after, current)
+            fee_cents = max(0, cents - paid_cents)
+            fee_precise = max(Decimal(0), EXACT.subtract(precise, paid_precise))
+            units = after - high
+            fees.append(
+                AdvanceFee(
+                    event=usage,
+                    bucket=key,
+                    filter_values=None
+                    if key.filter_index < 0
+                    else filters[key.filter_index]["values"],
+                    invoice_display_name=(
+                        charge.get("invoice_display_name")
+                        if key.filter_index < 0
+                        else filters[key.filter_index].get("invoice_display_name")
+                    ),
+                    units=units,
+                    unit_amount=(
+                        display_quotient(fee_precise, units).scaleb(
+                            -CURRENCY_EXPONENTS[currency], EXACT
+                        )
+                        if units > 0
+                        else Decimal(0)
+                    ),
+                    precise_amount_cents=fee_precise,
+                    amount_cents=fee_cents,
+                )
+            )
+            high = after
+            paid_cents, paid_precise = max(paid_cents, cents), max(paid_precise, precise)
+    return fees
+
+
+def advance_fee_line(
+    fee: AdvanceFee,
+    charge: Mapping[str, Any],
+    *,
+    external_subscription_id: str,
+    plan_id: str,
+    plan_version: int,
+    period: Period,
+    tax_codes: Sequence[str],
+) -> FeeLine:
+    return FeeLine(
+        key=f"advance:{external_subscription_id}:{charge['lago_id']}:{fee.event.transaction_id}",
+        fee_type="charge",
+        external_subscription_id=external_subscription_id,
+        plan_id=plan_id,
+        plan_version=plan_version,
+        from_at=period.start_at,
+        to_at=period.end_at,
+        units=fee.units,
+        events_count=1,
+        unit_amount=fee.unit_amount,
+        precise_amount_cents=fee.precise_amount_cents,
+        amount_cents=fee.amount_cents,
+        invoice_display_name=fee.invoice_display_name,
+        charge_id=charge["lago_id"],
+        charge_code=charge["code"],
+        charge_model=charge["charge_model"],
+        metric_code=charge["billable_metric_code"],
+        filter_values=fee.filter_values,
+        grouped_by=dict(fee.bucket.grouped_by),
+        tax_codes=tuple(tax_codes),
+        pay_in_advance=True,
+        event_transaction_id=fee.event.transaction_id,
+    )
+
+
+def _advance_price(
+    charge: Mapping[str, Any],
+    metric: MetricRule,
+    properties: Mapping[str, Any],
+    currency: str,
+    units: Decimal,
+    events: Sequence[UsageEvent],
+) -> tuple[int, Decimal]:
+    model = charge["charge_model"]
+    values = (
+        [_value(metric, e) for e in sorted(events, key=lambda e: e.timestamp)]
+        if model in EVENT_VALUE_MODELS
+        else []
+    )
+    amount = charge_amount(
+        model, properties, units, currency, events_count=len(events), event_values=values
+    )
+    return amount.amount_cents, amount.precise_amount_cents
+
+
+def _running_units(
+    metric: MetricRule, events: Sequence[UsageEvent], period: Period
+) -> list[Decimal]:
+    """A bucket's units after each of these events, unrounded (§3.8: no rounding per event)."""
+    if metric.aggregation_type == "count_agg":
+        return [Decimal(n) for n in range(1, len(events) + 1)]
+    if metric.aggregation_type == "sum_agg":
+        total, running = Decimal(0), []
+        for usage in events:
+            total = EXACT.add(total, _value(metric, usage))
+            running.append(total)
+        return running
+    assert metric.aggregation_type == "unique_count_agg", metric.aggregation_type
+    return [
+        aggregate(
+            metric.aggregation_type, metric.field_name, events[:end], period.start_at, period.end_at
+        ).units
+        for end in range(1, len(events) + 1)
+    ]
+
+
+def _value(metric: MetricRule, event: UsageEvent) -> Decimal:
+    assert metric.field_name is not None, metric.code
+    return Decimal(event.properties.get(metric.field_name, "0"))
 
 
 def with_tax_codes(fee: FeeLine, tax_codes: Sequence[str]) -> FeeLine:

@@ -37,7 +37,7 @@ STATUSES: Final = ("active", "terminated")
 TRANSACTION_STATUSES: Final = ("pending", "settled", "failed")
 # Tally's kinds: Lago's four, and `expired` for the balance forfeited at expiry (D15), which the
 # wire shows as a `voided` transaction (Lago's enum) with void_reason "expired".
-KINDS: Final = ("purchased", "granted", "voided", "invoiced", "expired")
+KINDS: Final = ("purchased", "granted", "voided", "invoiced", "expired", "recredited")
 WIRE_TRANSACTION_STATUSES: Final = ("purchased", "granted", "voided", "invoiced")
 TRANSACTION_TYPES: Final = ("inbound", "outbound")
 SOURCES: Final = ("manual", "interval", "threshold")
@@ -276,11 +276,14 @@ class WalletTransaction:
 
     @property
     def transaction_type(self) -> str:
-        return "inbound" if self.kind in ("granted", "purchased") else "outbound"
+        return "inbound" if self.kind in ("granted", "purchased", "recredited") else "outbound"
 
     @property
     def transaction_status(self) -> str:
-        """Lago's enum: the forfeiture at expiry is a void."""
+        """Lago's enum: the forfeiture at expiry is a void; credits returned by a voided
+        invoice come back as granted ones (Lago's WalletTransactions::RecreditService)."""
+        if self.kind == "recredited":
+            return "granted"
         return "voided" if self.kind == "expired" else self.kind
 
 
@@ -368,6 +371,17 @@ class Wallet(BaseAggregate[UUID]):
         """Credits paid part of an invoice at its finalization (§6.3)."""
 
         TOPIC = "tally.Wallet.Invoiced"
+        transaction_id: UUID
+        invoice_id: UUID
+        amount_cents: int
+        lots: list[dict[str, Any]]
+        created_at: datetime
+
+    class Recredited(Event):
+        """A voided invoice's credits back in the wallet (§8.8): each lot its payment took
+        gets its cents back, and an inbound entry records it."""
+
+        TOPIC = "tally.Wallet.Recredited"
         transaction_id: UUID
         invoice_id: UUID
         amount_cents: int
@@ -665,6 +679,23 @@ class Wallet(BaseAggregate[UUID]):
         )
         return applied_cents
 
+    def recredit_invoice(self, invoice_id: UUID, now: datetime) -> int:
+        """Give back what this wallet paid of an invoice that is being voided, to the lots it
+        came from; returns the cents. Once per invoice: again, it records nothing. A wallet no
+        longer active is not recredited (Lago recredits active wallets only)."""
+        paid = self.transactions.get(ids.wallet_transaction_id(self.id, "invoice", str(invoice_id)))
+        transaction_id = ids.wallet_transaction_id(self.id, "recredit", str(invoice_id))
+        if paid is None or transaction_id in self.transactions or self.status != "active":
+            return 0
+        self._recredited(
+            transaction_id=transaction_id,
+            invoice_id=invoice_id,
+            amount_cents=paid.amount_cents,
+            lots=[{"transaction_id": lot, "amount_cents": cents} for lot, cents in paid.lots],
+            created_at=now,
+        )
+        return paid.amount_cents
+
     def terminate(self, now: datetime) -> bool:
         """Lago's DELETE: the wallet stops; its remaining balance is forfeited with an explicit
         entry. Terminating again records nothing."""
@@ -940,6 +971,39 @@ class Wallet(BaseAggregate[UUID]):
                 settled_at=created_at,
             ),
             lots,
+        )
+
+    @event(Recredited)
+    def _recredited(
+        self,
+        transaction_id: UUID,
+        invoice_id: UUID,
+        amount_cents: int,
+        lots: list[dict[str, Any]],
+        created_at: datetime,
+    ) -> None:
+        returned = []
+        for lot in lots:
+            lot_id, cents = lot["transaction_id"], lot["amount_cents"]
+            inbound = self.transactions[lot_id]
+            remaining = inbound.remaining_cents + cents
+            assert cents > 0 and remaining <= inbound.amount_cents, (lot_id, remaining)
+            self.transactions[lot_id] = replace(inbound, remaining_cents=remaining)
+            returned.append((lot_id, cents))
+        assert sum(cents for _, cents in returned) == amount_cents, (returned, amount_cents)
+        self._add(
+            WalletTransaction(
+                transaction_id=transaction_id,
+                kind="recredited",
+                status="settled",
+                source="manual",
+                amount_cents=amount_cents,
+                created_at=created_at,
+                sequence=len(self.transaction_order),
+                invoice_id=invoice_id,
+                settled_at=created_at,
+                lots=tuple(returned),
+            )
         )
 
     @event(Forfeited)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import strategies as st
 
 from application.errors import TransactionIdConflictError
-from application.usage_log import StoredUsage, UsageLog, UsageTotal, dimensions_text
+from application.usage_log import StoredUsage, UsageLog, UsageTotal, dimensions_text, totals_of
 from domain.usage import (
     BUCKET_SECONDS,
     UsageEvent,
@@ -651,6 +651,28 @@ def check_voids_append_a_reversal_and_drop_from_totals(log: UsageLog) -> None:
     since = log.events_since(org, "sub_1", "tokens", START, end_at, before_void, after_void)
     assert [r.event.transaction_id for r in since] == ["b", "d"]
     assert all(r.voided_at is None for r in since)
+    # The store's totals at a watermark (the billing run's) are those of the events there,
+    # between bounds on bucket edges or not.
+    for bound in (before_void, after_void):
+        for start_at, until in ((START, end_at), (at + timedelta(minutes=1), at + BUCKET)):
+            expected_at = totals_of(
+                r
+                for code in ("tokens", "calls")
+                for r in log.events(org, "sub_1", code, start_at, until, bound)
+            )
+            found = log.totals_at(org, "sub_1", ["tokens", "calls"], start_at, until, bound)
+            assert found == expected_at, (bound, start_at)
+    assert log.totals_at(org, "sub_1", ["tokens"], START, end_at, before_void)["tokens"][0] == (
+        UsageTotal(
+            (("model", "large"),),
+            combine(
+                rollup_of_value(r.event.timestamp, r.value)
+                for r in sent
+                if r.event.transaction_id in ("a", "b", "d")
+            ),
+            Decimal("3.75"),
+        )
+    )
 
     # An identical re-send of a voided event is a duplicate: it answers the voided record.
     assert log.append([sent[1]]) == [voided]

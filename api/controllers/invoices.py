@@ -14,6 +14,13 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from api.controllers.customers import CustomerObject, customer_object
 from api.controllers.subscriptions import SubscriptionObject, subscription_object
 from api.controllers.taxes import json_number
+from api.controllers.usage import (
+    ChargeRefObject,
+    ChargeUsageObject,
+    FilterUsageObject,
+    GroupedUsageObject,
+    MetricRefObject,
+)
 from api.http import (
     Envelope,
     Input,
@@ -30,12 +37,14 @@ from api.problems import BadQueryError, RequestBodyError
 from application.billing import Billing
 from application.errors import NotFoundError
 from application.invoicing import AuditReport, Invoicing, content_hash
+from application.payments import invoice_payments_of
 from domain import ids
 from domain.customer import Customer
 from domain.invoice import PAYMENT_STATUSES, Invoice, document_prefix
 from domain.invoicing import FeeLine
 from domain.money import CURRENCY_EXPONENTS, EXACT
 from domain.organization import Organization
+from domain.payment import InvoicePaymentState
 from domain.plan import Plan
 from domain.subscription import Subscription
 from domain.tax import Tax
@@ -125,7 +134,7 @@ class FeeObject(Output):
     pay_in_advance: bool
     invoiceable: bool
     self_billed: bool
-    event_transaction_id: None
+    event_transaction_id: str | None  # The event a pay-in-advance fee bills (§4.9).
     from_date: str
     to_date: str
     created_at: str
@@ -170,7 +179,7 @@ class InvoiceObject(Output):
     purchase_order_number: None
     issuing_date: str
     payment_due_date: str
-    payment_dispute_lost_at: None
+    payment_dispute_lost_at: str | None
     payment_overdue: bool
     net_payment_term: int
     invoice_type: str
@@ -310,6 +319,10 @@ class _Lookup:
         tax: Tax | None = self._load(ids.tax_id(self.organization_id, code))
         return tax
 
+    def payments(self, invoice: Invoice) -> InvoicePaymentState:
+        """Paid and due amounts (partial payments included) and the overdue mark (ADR 0021)."""
+        return invoice_payments_of(self.billing, invoice)
+
 
 def provide_invoicing(request: Request[Any, Any, Any]) -> Invoicing:
     invoicing: Invoicing = request.app.state.ledger.invoicing
@@ -351,7 +364,7 @@ def invoice_object(
     totals = invoice.totals
     currency = invoice.currency
     customer = lookup.customer(invoice.customer_id)
-    paid = invoice.payment_status == "succeeded"
+    payments = lookup.payments(invoice)
     due_date = invoice.payment_due_date or invoice.issuing_date + timedelta(
         days=invoice.net_payment_term
     )
@@ -363,8 +376,8 @@ def invoice_object(
         purchase_order_number=None,
         issuing_date=invoice.issuing_date.isoformat(),
         payment_due_date=due_date.isoformat(),
-        payment_dispute_lost_at=None,
-        payment_overdue=False,  # No overdue job yet.
+        payment_dispute_lost_at=iso(payments.payment_dispute_lost_at),
+        payment_overdue=payments.payment_overdue,
         net_payment_term=invoice.net_payment_term,
         invoice_type=invoice.invoice_type,
         version_number=VERSION_NUMBER,
@@ -379,9 +392,9 @@ def invoice_object(
         sub_total_excluding_taxes_amount_cents=totals.sub_total_excluding_taxes_amount_cents,
         sub_total_including_taxes_amount_cents=totals.sub_total_including_taxes_amount_cents,
         total_amount_cents=totals.total_amount_cents,
-        total_due_amount_cents=0 if paid else totals.total_amount_cents,
-        total_paid_amount_cents=totals.total_amount_cents if paid else 0,
-        total_offsetted_credit_note_amount_cents=0,
+        total_due_amount_cents=payments.total_due_amount_cents,
+        total_paid_amount_cents=payments.total_paid_amount_cents,
+        total_offsetted_credit_note_amount_cents=invoice.total_offsetted_credit_note_amount_cents,
         prepaid_credit_amount_cents=totals.prepaid_credit_amount_cents,
         prepaid_granted_credit_amount_cents=0,
         prepaid_purchased_credit_amount_cents=0,
@@ -513,7 +526,7 @@ def _fee_object(
         pay_in_advance=pay_in_advance,
         invoiceable=True,
         self_billed=False,
-        event_transaction_id=None,
+        event_transaction_id=fee.event_transaction_id,
         from_date=iso(fee.from_at) or "",
         to_date=inclusive_end(fee.to_at),
         created_at=iso(invoice.created_on) or "",
@@ -619,7 +632,7 @@ def _item(
         # The client types group values as strings: an event without the key has none.
         grouped_by={k: v for k, v in fee.grouped_by.items() if v is not None},
     )
-    return item, (charge_filter or {}).get("lago_id"), False
+    return item, (charge_filter or {}).get("lago_id"), fee.pay_in_advance
 
 
 def fee_description(fee: FeeLine, item: InvoiceItemObject) -> str:
@@ -842,13 +855,22 @@ class InvoiceController(Controller):
         invoicing: NamedDependency[Invoicing],
         organization_id: NamedDependency[UUID],
     ) -> InvoiceResponse:
-        """Void a finalized invoice whose payment has not succeeded.
-
-        Lago's options (generate_credit_note, refund_amount, credit_amount) are accepted and
-        not acted on yet: voiding with a credit note comes with credit notes."""
-        decode_body(raw_body, VoidInput)
+        """Void a finalized invoice whose payment has not succeeded; the credits wallets paid
+        go back to them. With generate_credit_note a paid invoice is voided too, with a credit
+        note crediting credit_amount and refunding refund_amount (cents, tax included), and a
+        credit note for the rest whose credit is voided at once (Lago's Invoices::VoidService).
+        A refund above what was paid, or credit + refund above what the customer paid for the
+        invoice, is refused: 422 credit_refund_amount total_amount_exceeds_invoice_amount."""
+        options = decode_body(raw_body, VoidInput)
         now = invoicing.billing.now()
-        invoice = invoicing.void(organization_id, invoice_id_from(lago_id), now)
+        invoice = invoicing.void(
+            organization_id,
+            invoice_id_from(lago_id),
+            now,
+            generate_credit_note=bool(options.generate_credit_note),
+            credit_amount_cents=options.credit_amount or 0,
+            refund_amount_cents=options.refund_amount or 0,
+        )
         return _response(request, invoicing, organization_id, invoice)
 
     @post(
@@ -969,4 +991,156 @@ def render_pdf(billing: Billing, organization_id: UUID, invoice: Invoice) -> byt
         descriptions=descriptions,
         tax_names={code: _tax_name(lookup, code) for code in codes},
         content_hash=content_hash(invoice),
+    )
+
+
+# Lago's past usage (GET /customers/{external_customer_id}/past_usage): invoiced periods.
+
+
+class PastUsageObject(Output):
+    """Lago's CustomerUsage of an invoiced period: its charge fees as billed."""
+
+    from_datetime: str
+    to_datetime: str
+    issuing_date: str
+    currency: str
+    amount_cents: int
+    taxes_amount_cents: int
+    total_amount_cents: int
+    lago_invoice_id: UUID
+    charges_usage: list[ChargeUsageObject]
+
+
+class PastUsageResponse(Output):
+    usage_periods: list[PastUsageObject]
+    meta: PaginationMeta
+
+
+def _fee_units(fees: list[FeeLine]) -> str:
+    return decimal_string(sum((fee.units for fee in fees), Decimal(0))) or "0"
+
+
+def _filter_usage(fees: list[FeeLine]) -> list[FilterUsageObject]:
+    """One entry per filter bucket billed, the default one (values null) included."""
+    by_filter: dict[str, list[FeeLine]] = {}
+    for fee in fees:
+        key = repr(sorted((fee.filter_values or {}).items()))
+        by_filter.setdefault(key, []).append(fee)
+    return [
+        FilterUsageObject(
+            units=_fee_units(bucket),
+            total_aggregated_units=_fee_units(bucket),
+            amount_cents=sum(f.amount_cents for f in bucket),
+            events_count=sum(f.events_count for f in bucket),
+            values=(
+                None
+                if bucket[0].filter_values is None
+                else {k: list(v) for k, v in bucket[0].filter_values.items()}
+            ),
+            invoice_display_name=bucket[0].invoice_display_name,
+        )
+        for _, bucket in sorted(by_filter.items())
+    ]
+
+
+def _charge_usage(
+    fees: list[FeeLine], currency: str, organization_id: UUID, lookup: "_Lookup"
+) -> ChargeUsageObject:
+    first = fees[0]
+    plan = lookup.plan(first.plan_id)
+    definition = plan.definition(first.plan_version)
+    charge: dict[str, Any] = next(
+        (c for c in definition["charges"] if c["lago_id"] == first.charge_id), {}
+    )
+    metric_code = first.metric_code or ""
+    metric = lookup._load(ids.billable_metric_id(organization_id, metric_code))
+    groups: dict[str, list[FeeLine]] = {}
+    for fee in fees:
+        if fee.grouped_by:
+            groups.setdefault(repr(sorted(fee.grouped_by.items())), []).append(fee)
+    has_filters = bool(charge.get("filters"))
+    return ChargeUsageObject(
+        units=_fee_units(fees),
+        total_aggregated_units=_fee_units(fees),
+        events_count=sum(f.events_count for f in fees),
+        amount_cents=sum(f.amount_cents for f in fees),
+        amount_currency=currency,
+        charge=ChargeRefObject(
+            lago_id=str(first.charge_id),
+            charge_model=first.charge_model or charge.get("charge_model", ""),
+            invoice_display_name=charge.get("invoice_display_name"),
+        ),
+        billable_metric=MetricRefObject(
+            lago_id=metric.id,
+            name=str(metric.definition["name"]),
+            code=metric_code,
+            aggregation_type=str(metric.definition["aggregation_type"]),
+        ),
+        filters=_filter_usage(fees) if has_filters else [],
+        grouped_usage=[
+            GroupedUsageObject(
+                amount_cents=sum(f.amount_cents for f in group),
+                events_count=sum(f.events_count for f in group),
+                units=_fee_units(group),
+                total_aggregated_units=_fee_units(group),
+                grouped_by=dict(group[0].grouped_by),
+                filters=_filter_usage(group) if has_filters else [],
+            )
+            for _, group in sorted(groups.items())
+        ],
+    )
+
+
+@get(
+    "/customers/{external_customer_id:str}/past_usage",
+    operation_id="findAllCustomerPastUsage",
+    sync_to_thread=True,
+    dependencies={"invoicing": Provide(provide_invoicing, sync_to_thread=False)},
+)
+def past_usage(
+    external_customer_id: FromPath[str],
+    invoicing: NamedDependency[Invoicing],
+    organization_id: NamedDependency[UUID],
+    external_subscription_id: FromQuery[str | None] = None,
+    billable_metric_code: FromQuery[str | None] = None,
+    periods_count: FromQuery[int | None] = None,
+    page: FromQuery[int | None] = None,
+    per_page: FromQuery[int | None] = None,
+) -> PastUsageResponse:
+    """The usage of the subscription's invoiced periods, newest first, from the invoices' charge
+    fees (pay-in-advance fees of the period included), in Lago's CustomerUsage shape."""
+    page_number, page_size = pagination(page, per_page)
+    periods = invoicing.past_usage(
+        organization_id,
+        external_customer_id,
+        external_subscription_id,
+        billable_metric_code=billable_metric_code,
+        periods_count=periods_count,
+    )
+    lookup = _Lookup(invoicing.billing, organization_id)
+    shown = periods[(page_number - 1) * page_size : page_number * page_size]
+    usage_periods = []
+    for usage in shown:
+        currency = usage.invoice.currency
+        by_charge: dict[str, list[FeeLine]] = {}
+        for fee, _ in usage.fees:
+            by_charge.setdefault(str(fee.charge_id), []).append(fee)
+        usage_periods.append(
+            PastUsageObject(
+                from_datetime=iso(usage.from_at) or "",
+                to_datetime=inclusive_end(usage.to_at),
+                issuing_date=usage.invoice.issuing_date.isoformat(),
+                currency=currency,
+                amount_cents=usage.amount_cents,
+                taxes_amount_cents=usage.taxes_amount_cents,
+                total_amount_cents=usage.amount_cents + usage.taxes_amount_cents,
+                lago_invoice_id=usage.invoice.id,
+                charges_usage=[
+                    _charge_usage(fees, currency, organization_id, lookup)
+                    for fees in by_charge.values()
+                ],
+            )
+        )
+    return PastUsageResponse(
+        usage_periods=usage_periods, meta=meta(page_number, page_size, len(periods))
     )

@@ -192,7 +192,7 @@ class WalletTransactionObject(Output):
     lago_wallet_id: UUID
     lago_invoice_id: UUID | None
     lago_credit_note_id: None
-    lago_voided_invoice_id: None
+    lago_voided_invoice_id: UUID | None
     status: str
     source: str
     transaction_status: str
@@ -317,9 +317,10 @@ def transaction_object(wallet: Wallet, transaction: WalletTransaction) -> Wallet
     return WalletTransactionObject(
         lago_id=transaction.transaction_id,
         lago_wallet_id=wallet.id,
-        lago_invoice_id=transaction.invoice_id,
+        # Credits a voided invoice gave back name it as Lago's voided_invoice_id.
+        lago_invoice_id=None if transaction.kind == "recredited" else transaction.invoice_id,
         lago_credit_note_id=None,
-        lago_voided_invoice_id=None,
+        lago_voided_invoice_id=transaction.invoice_id if transaction.kind == "recredited" else None,
         status=transaction.status,
         source=transaction.source,
         transaction_status=transaction.transaction_status,
@@ -543,12 +544,14 @@ class WalletTransactionController(Controller):
     @post(operation_id="createWalletTransaction", status_code=200, sync_to_thread=True)
     def create(
         self,
+        request: Request[Any, Any, Any],
         raw_body: NamedDependency[bytes],
         wallets: NamedDependency[Wallets],
         organization_id: NamedDependency[UUID],
     ) -> WalletTransactionsCreated:
         """Top up (paid, granted) or void credits: one transaction per non-zero kind. Send an
-        Idempotency-Key to make a retry safe (Lago has no such guard)."""
+        Idempotency-Key to make a retry safe (Lago has no such guard): the transactions' ids
+        derive from it, so even a retry after a lost answer tops up once."""
         body = decode_body(raw_body, WalletTransactionRequest, "wallet_transaction")
         values = body.wallet_transaction
         _check_unsupported(values, ("payment_method", "invoice_custom_section"))
@@ -565,6 +568,7 @@ class WalletTransactionController(Controller):
                 invoice_requires_successful_payment=values.invoice_requires_successful_payment,
                 ignore_paid_top_up_limits=values.ignore_paid_top_up_limits,
             ),
+            request_key=request.headers.get("idempotency-key"),
         )
         wallet = wallets.wallet(organization_id, wallet_id)
         return WalletTransactionsCreated(

@@ -264,28 +264,62 @@ def test_late_and_out_of_order_usage_is_billed_once_and_never_mutates_an_invoice
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Known gap (reported by R5/R8): late usage of a subscription whose final invoice "
-    "is out has no next invoice of its own to carry its adjustment, so it is never billed; "
-    "billing-semantics §8.5 puts it on the customer's next invoice.",
-)
+def late_charges_of(catalog: Catalog, external_id: str) -> int:
+    return sum(
+        fee.amount_cents
+        for invoice in catalog.invoices()
+        for fee in invoice.fees
+        if fee.external_subscription_id == external_id and fee.fee_type != "subscription"
+    )
+
+
 def test_late_usage_of_a_terminated_subscription_is_billed_on_the_customers_next_invoice() -> None:
     catalog, _ = setup(JAN_1)
     catalog.at(datetime(2026, 1, 10, 12, tzinfo=UTC))
     catalog.ledger.billing.terminate_subscription(catalog.org, "sub_a")
     catalog.at(datetime(2026, 1, 11, tzinfo=UTC))
-    catalog.ledger.invoicing.run(catalog.now)  # sub_a's final invoice.
+    [final] = catalog.ledger.invoicing.run(catalog.now)  # sub_a's final invoice.
     catalog.ingest("sub_a", "late", datetime(2026, 1, 6, tzinfo=UTC), 500)  # Arrives after it.
     catalog.ledger.billing.create_subscription(  # cus_a will have a next invoice.
         catalog.org, "sub_c", external_customer_id="cus_a", plan_code="monthly_1"
     )
     catalog.at(FINAL)
     catalog.ledger.invoicing.run(FINAL)
-    charges = sum(
-        fee.amount_cents
+    assert late_charges_of(catalog, "sub_a") == 500  # 500 units at 0.01, billed once.
+    [carrier] = [
+        invoice
         for invoice in catalog.invoices()
-        for fee in invoice.fees
-        if fee.external_subscription_id == "sub_a" and fee.fee_type != "subscription"
-    )
-    assert charges == 500  # 500 units at 0.01.
+        if invoice.id != final.id
+        and any(fee.external_subscription_id == "sub_a" for fee in invoice.fees)
+    ]
+    # The customer's next invoice (sub_c's first), naming the original period.
+    assert {p["external_subscription_id"] for p in carrier.billing_periods} == {"sub_a", "sub_c"}
+    [adjustment] = [fee for fee in carrier.fees if fee.external_subscription_id == "sub_a"]
+    assert (adjustment.fee_type, adjustment.amount_cents) == ("adjustment", 500)
+    assert (adjustment.from_at, adjustment.to_at) == (JAN_1, datetime(2026, 1, 10, 12, tzinfo=UTC))
+    assert catalog.ledger.invoicing.audit(catalog.org, carrier.id).matches
+    catalog.ledger.invoicing.run(FINAL)  # A rerun bills nothing more.
+    assert late_charges_of(catalog, "sub_a") == 500
+
+
+def test_late_usage_of_a_terminated_subscription_gets_an_invoice_of_its_own_otherwise() -> None:
+    catalog, _ = setup(JAN_1)
+    catalog.at(datetime(2026, 1, 10, 12, tzinfo=UTC))
+    catalog.ledger.billing.terminate_subscription(catalog.org, "sub_a")
+    catalog.at(datetime(2026, 1, 11, tzinfo=UTC))
+    [final] = catalog.ledger.invoicing.run(catalog.now)
+    catalog.ingest("sub_a", "late", datetime(2026, 1, 6, tzinfo=UTC), 300)
+    # cus_a has nothing else: the billing run bills it at the next boundary of sub_a's schedule.
+    catalog.at(datetime(2026, 2, 1, 1, tzinfo=UTC))
+    [own] = [
+        invoice
+        for invoice in catalog.ledger.invoicing.run(catalog.now)
+        if invoice.external_customer_id == "cus_a" and invoice.id != final.id
+    ]
+    assert [(fee.fee_type, fee.amount_cents) for fee in own.fees] == [("adjustment", 300)]
+    assert own.status == "finalized"
+    assert own.billing_periods[0]["invoicing_reason"] == "subscription_terminating"
+    assert catalog.ledger.invoicing.audit(catalog.org, own.id).matches
+    catalog.at(FINAL)
+    catalog.ledger.invoicing.run(FINAL)
+    assert late_charges_of(catalog, "sub_a") == 300

@@ -4,8 +4,10 @@ Hypothesis runs random sequences of: customers, plan edits, subscriptions (creat
 upgrade, downgrade, new plan version, terminate), usage (on time, late, identical re-sends,
 conflicting re-sends), wallets (granted and paid top-ups, settlement webhooks delivered twice
 or failed first), billing runs at an advancing clock, runs killed at a random save and rerun
-(crash_restart), credit notes (credit, offset, refund; one cent too many is refused), voids,
-manual payments, credit-note voids, and a rebuild of the resource index from the log (replay).
+(crash_restart), credit notes (credit, offset, refund; one cent too many is refused), voids
+(wallets get their credits back), voids of paid invoices with credit notes (the payment refunded,
+some credit), manual payments, credit-note voids, and a rebuild of the resource index from the
+log (replay).
 
 After every step it checks against an obviously correct model (tests/reliability/model.py,
 flat per-unit prices, base fees prorated by local days) and simple bookkeeping:
@@ -20,8 +22,9 @@ flat per-unit prices, base fees prorated by local days) and simple bookkeeping:
   (`wallet_violations`); a finalized invoice's content never changes (`silent_mutations`).
 
 Not modelled: taxes (none in this catalog), plans in advance, grace periods (R5), coupons.
-Late usage of a subscription whose final invoice is issued cannot be billed yet (see
-test_r5_late_usage.py's xfail): the machine counts such events (`unbillable_late_events`).
+Late usage of a subscription whose final invoice is issued goes on the customer's next invoice
+(or one of its own at the next boundary of its schedule, §8.5): the machine counts such events
+(`late_events_after_final_invoice`) and expects them billed by the run that issues that invoice.
 
 Fast tier: 50 examples of up to 30 steps; deep tier: 2000 of up to 60. TALLY_SEED replays.
 """
@@ -102,6 +105,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # Arrivals on a logical clock (a run and an event may share the wall-clock instant):
         # usage that arrived by a subscription's last invoicing run is on its invoices.
         self.arrived_by: dict[str, datetime] = {}
+        self.carried: dict[str, int] = {}  # Invoices billing an ended subscription's late usage.
         self.ticks = 0
         self.sent: list[tuple[str, str, datetime, int]] = []  # (sub, tx, at, units)
         self.wallets: dict[str, UUID] = {}
@@ -144,6 +148,16 @@ class LedgerMachine(RuleBasedStateMachine):
             if s.subscription_at <= self.now and (s.ended_at is None or self.now < s.ended_at)
         ]
 
+    def carriers(self, external_id: str, ended_at: datetime) -> int:
+        """Invoices that bill a subscription at a boundary after its end (its late usage)."""
+        return sum(
+            1
+            for invoice in self.invoices()
+            for period in invoice.billing_periods
+            if period["external_subscription_id"] == external_id
+            and datetime.fromisoformat(period["boundary"]) > ended_at
+        )
+
     def refused(self, action: Any, *args: Any, **kwargs: Any) -> bool:
         """Run a command the ledger may refuse; True when it did."""
         try:
@@ -160,6 +174,12 @@ class LedgerMachine(RuleBasedStateMachine):
             if closed > self.billed_windows.get(external_id, 0):
                 self.arrived_by[external_id] = self.tick()
                 self.billed_windows[external_id] = closed
+            elif model.ended_at is not None:
+                # After its final invoice: a new invoice naming it bills all its late usage.
+                carriers = self.carriers(external_id, model.ended_at)
+                if carriers > self.carried.get(external_id, 0):
+                    self.arrived_by[external_id] = self.tick()
+                    self.carried[external_id] = carriers
         # New subscription invoices, in finalization order: credit notes' credit first, then
         # the wallet, each as much as the model's balance allows (§8.2, §6.3).
         for invoice in self.invoices():
@@ -282,8 +302,8 @@ class LedgerMachine(RuleBasedStateMachine):
         FIGURES["events"] += 1
         if model.ended_at is not None and self.billed_windows.get(model.external_id) == len(
             model.windows(model.ended_at)
-        ):  # Its final invoice is out: no next invoice of its own to carry it.
-            FIGURES["unbillable_late_events"] += 1
+        ):  # Its final invoice is out: a later invoice of the customer carries it.
+            FIGURES["late_events_after_final_invoice"] += 1
 
     @precondition(lambda self: self.sent)
     @rule(pick=picks, changed=st.booleans())
@@ -343,7 +363,7 @@ class LedgerMachine(RuleBasedStateMachine):
     def settle(self, pick: int, outcome: str) -> None:
         """The PSP's webhooks for a paid top-up: twice, a failure first, a failure, or a
         manual payment of its invoice."""
-        invoice_id = sorted(self.purchases, key=str)[pick % len(self.purchases)]
+        invoice_id = list(self.purchases)[pick % len(self.purchases)]  # Ids are random: keep order.
         customer, cents = self.purchases[invoice_id]
         statuses = {
             "twice": ["succeeded", "succeeded"],
@@ -355,8 +375,10 @@ class LedgerMachine(RuleBasedStateMachine):
             self.ledger.invoicing.set_payment_status(self.org, invoice_id, status)
         if outcome == "manual":
             invoice = self.ledger.invoicing.invoice(self.org, invoice_id)
-            if invoice.payment_status == "succeeded":
-                return
+            if invoice.payment_status == "succeeded" or self.ledger.payments.invoice_payments(
+                self.org, invoice_id
+            ):
+                return  # Paid already (a status set since is an override: not a payment).
             self.ledger.payments.create_manual_payment(
                 self.org, invoice_id, invoice.total_due_amount_cents, "wire", None
             )
@@ -462,7 +484,47 @@ class LedgerMachine(RuleBasedStateMachine):
             refused = self.refused(self.ledger.invoicing.void, self.org, invoice.id, self.now)
             if refused != (invoice.payment_status == "succeeded"):
                 self.flag("invoice_violations")
+            customer = invoice.external_customer_id
+            if not refused and customer in self.wallet_cents:
+                # A void returns the credits the invoice took from the wallet.
+                self.wallet_cents[customer] += invoice.prepaid_credit_amount_cents
             FIGURES["voids"] += int(not refused)
+
+    @rule(pick=picks, credit=st.integers(0, 5000))
+    def void_with_credit_note(self, pick: int, credit: int) -> None:
+        """A paid invoice voided with generate_credit_note (§8.8): what was paid refunded, some
+        credit asked on top within what the customer paid; the wallet gets its credits back."""
+        candidates = [
+            i
+            for i in self.invoices()
+            if i.status == "finalized"
+            and i.invoice_type == "subscription"
+            and i.payment_status == "succeeded"
+        ]
+        if not candidates:
+            return
+        invoice = candidates[pick % len(candidates)]
+        returned = invoice.prepaid_credit_amount_cents
+        allowed = max(0, invoice.creditable_amount_cents - returned)
+        refund = min(invoice.refundable_amount_cents, allowed)
+        credit = min(credit, allowed - refund)
+        refused = self.refused(
+            self.ledger.invoicing.void,
+            self.org,
+            invoice.id,
+            self.now,
+            generate_credit_note=True,
+            credit_amount_cents=credit,
+            refund_amount_cents=refund,
+        )
+        if refused:
+            self.flag("invoice_violations")
+            return
+        customer = invoice.external_customer_id
+        self.credit_cents[customer] += credit  # The rest's credit is voided at once.
+        if customer in self.wallet_cents:
+            self.wallet_cents[customer] += returned
+        FIGURES["voids_with_credit_notes"] += 1
 
     @rule(pick=picks)
     def pay(self, pick: int) -> None:
