@@ -14,8 +14,10 @@ from decimal import Decimal
 from uuid import UUID
 
 from application.payments import (
+    BalanceTransaction,
     PaymentRequest,
     PaymentResult,
+    Payout,
     ProviderCustomer,
     ProviderError,
     ProviderEvent,
@@ -63,6 +65,16 @@ class BankTransferProvider:
 
     def read_event(self, payload: bytes) -> ProviderEvent:
         raise WebhookSignatureError("Bank transfers send no webhooks.")
+
+    def balance_transactions(
+        self, created_from: datetime, created_to: datetime
+    ) -> list[BalanceTransaction]:
+        """A bank is not queried: its statement is imported (`tally reconcile --statement`,
+        application/payments.statement_transactions)."""
+        return []
+
+    def payouts(self, created_from: datetime, created_to: datetime) -> list[Payout]:
+        return []  # The money is already on the seller's account.
 
 
 def read_statement(text: str) -> Iterator[TransferReceived]:

@@ -2,8 +2,11 @@
 the inbox of inbound processor webhooks.
 
 Secrets live here, beside the event store and never in it: events are replayed, exported and
-shown in history, and a secret must be replaceable and deletable. The inbox is unique on
-(organization, connection, processor event id), so a redelivered webhook is stored once.
+shown in history, and a secret must be replaceable and deletable. On SQLite and PostgreSQL they
+are sealed with a key held outside the database (adapters/secret_seal.py, ADR 0021), bound to
+their organization and connection code; rows left in clear by an older version, or under a key
+since retired, are sealed again under the current key when the store opens. The inbox is unique
+on (organization, connection, processor event id), so a redelivered webhook is stored once.
 """
 
 import json
@@ -18,6 +21,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
+from adapters.secret_seal import SecretSealer, is_sealed
 from application.payments import InboxItem
 
 SECRETS_DDL = (
@@ -35,6 +39,23 @@ INBOX_COLUMNS = (
     "organization_id, connection_code, event_id, event_type, payload, received_at, "
     "processed_at, attempts, last_error"
 )
+
+
+def _context(organization_id: UUID, code: str) -> bytes:
+    """What a sealed value is bound to: another row's secrets do not open here."""
+    return b"payment_connection_secrets\x00" + organization_id.bytes + code.encode()
+
+
+def _seal(
+    sealer: SecretSealer, organization_id: UUID, code: str, secrets: Mapping[str, str]
+) -> str:
+    return sealer.seal(json.dumps(dict(secrets)).encode(), _context(organization_id, code))
+
+
+def _unseal(sealer: SecretSealer, organization_id: UUID, code: str, stored: str) -> dict[str, str]:
+    if not is_sealed(stored):
+        return dict(json.loads(stored))  # Written before sealing; sealed when the store opens.
+    return dict(json.loads(sealer.unseal(stored, _context(organization_id, code))))
 
 
 def _item(row: Any) -> InboxItem:
@@ -122,8 +143,9 @@ class MemoryPaymentStore:
 
 
 class SQLitePaymentStore:
-    def __init__(self, datastore: SQLiteDatastore) -> None:
+    def __init__(self, datastore: SQLiteDatastore, sealer: SecretSealer) -> None:
         self.datastore = datastore
+        self.sealer = sealer
         with self.datastore.transaction(commit=True) as c:
             c.execute(SECRETS_DDL.format(secrets="payment_connection_secrets", uuid="TEXT"))
             c.execute(INBOX_DDL.format(inbox="payment_inbox", uuid="TEXT", blob="BLOB"))
@@ -131,6 +153,20 @@ class SQLitePaymentStore:
                 "CREATE INDEX IF NOT EXISTS payment_inbox_unprocessed "
                 "ON payment_inbox (received_at) WHERE processed_at IS NULL"
             )
+        self._reseal()
+
+    def _reseal(self) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("SELECT organization_id, code, secrets FROM payment_connection_secrets")
+            stale = [row for row in c.fetchall() if self.sealer.needs_resealing(row[2])]
+            for org, code, stored in stale:
+                organization_id = UUID(org)
+                secrets = _unseal(self.sealer, organization_id, code, stored)
+                c.execute(
+                    "UPDATE payment_connection_secrets SET secrets = ? "
+                    "WHERE organization_id = ? AND code = ?",
+                    (_seal(self.sealer, organization_id, code, secrets), org, code),
+                )
 
     def put_secrets(
         self, organization_id: UUID, code: str, provider: str, secrets: Mapping[str, str]
@@ -140,7 +176,12 @@ class SQLitePaymentStore:
                 "INSERT INTO payment_connection_secrets VALUES (?, ?, ?, ?) ON CONFLICT "
                 "(organization_id, code) DO UPDATE SET provider = excluded.provider, "
                 "secrets = excluded.secrets",
-                (str(organization_id), code, provider, json.dumps(dict(secrets))),
+                (
+                    str(organization_id),
+                    code,
+                    provider,
+                    _seal(self.sealer, organization_id, code, secrets),
+                ),
             )
 
     def secrets(self, organization_id: UUID, code: str) -> dict[str, str] | None:
@@ -151,7 +192,7 @@ class SQLitePaymentStore:
                 (str(organization_id), code),
             )
             row = c.fetchone()
-        return dict(json.loads(row[0])) if row else None
+        return _unseal(self.sealer, organization_id, code, row[0]) if row else None
 
     def delete_secrets(self, organization_id: UUID, code: str) -> None:
         with self.datastore.transaction(commit=True) as c:
@@ -176,7 +217,8 @@ class SQLitePaymentStore:
                 "WHERE provider = ? AND code = ?",
                 (provider, code),
             )
-            return [(UUID(row[0]), dict(json.loads(row[1]))) for row in c.fetchall()]
+            rows = c.fetchall()
+        return [(UUID(org), _unseal(self.sealer, UUID(org), code, stored)) for org, stored in rows]
 
     def add_to_inbox(self, item: InboxItem) -> bool:
         with self.datastore.transaction(commit=True) as c:
@@ -237,8 +279,9 @@ class SQLitePaymentStore:
 
 
 class PostgresPaymentStore:
-    def __init__(self, datastore: PostgresDatastore) -> None:
+    def __init__(self, datastore: PostgresDatastore, sealer: SecretSealer) -> None:
         self.datastore = datastore
+        self.sealer = sealer
         schema = Identifier(datastore.schema)
         self.secrets_table = SQL("{0}.payment_connection_secrets").format(schema)
         self.inbox = SQL("{0}.payment_inbox").format(schema)
@@ -249,6 +292,25 @@ class PostgresPaymentStore:
             curs.execute(
                 SQL(INBOX_DDL.format(inbox="{0}", uuid="uuid", blob="bytea")).format(self.inbox)
             )
+        self._reseal()
+
+    def _reseal(self) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL("SELECT organization_id, code, secrets FROM {0} FOR UPDATE").format(
+                    self.secrets_table
+                )
+            )
+            stale = [row for row in curs.fetchall() if self.sealer.needs_resealing(row["secrets"])]
+            for row in stale:
+                organization_id, code = UUID(str(row["organization_id"])), row["code"]
+                secrets = _unseal(self.sealer, organization_id, code, row["secrets"])
+                curs.execute(
+                    SQL(
+                        "UPDATE {0} SET secrets = %s WHERE organization_id = %s AND code = %s"
+                    ).format(self.secrets_table),
+                    (_seal(self.sealer, organization_id, code, secrets), organization_id, code),
+                )
 
     def put_secrets(
         self, organization_id: UUID, code: str, provider: str, secrets: Mapping[str, str]
@@ -259,7 +321,12 @@ class PostgresPaymentStore:
                     "INSERT INTO {0} VALUES (%s, %s, %s, %s) ON CONFLICT (organization_id, code) "
                     "DO UPDATE SET provider = excluded.provider, secrets = excluded.secrets"
                 ).format(self.secrets_table),
-                (organization_id, code, provider, json.dumps(dict(secrets))),
+                (
+                    organization_id,
+                    code,
+                    provider,
+                    _seal(self.sealer, organization_id, code, secrets),
+                ),
             )
 
     def secrets(self, organization_id: UUID, code: str) -> dict[str, str] | None:
@@ -271,7 +338,7 @@ class PostgresPaymentStore:
                 (organization_id, code),
             )
             row = curs.fetchone()
-        return dict(json.loads(row["secrets"])) if row else None
+        return _unseal(self.sealer, organization_id, code, row["secrets"]) if row else None
 
     def delete_secrets(self, organization_id: UUID, code: str) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -300,10 +367,14 @@ class PostgresPaymentStore:
                 ).format(self.secrets_table),
                 (provider, code),
             )
-            return [
-                (UUID(str(row["organization_id"])), dict(json.loads(row["secrets"])))
-                for row in curs.fetchall()
-            ]
+            rows = curs.fetchall()
+        return [
+            (
+                UUID(str(row["organization_id"])),
+                _unseal(self.sealer, UUID(str(row["organization_id"])), code, row["secrets"]),
+            )
+            for row in rows
+        ]
 
     def add_to_inbox(self, item: InboxItem) -> bool:
         with self.datastore.transaction(commit=True) as curs:

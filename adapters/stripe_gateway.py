@@ -16,8 +16,10 @@ from uuid import UUID
 import stripe
 
 from application.payments import (
+    BalanceTransaction,
     PaymentRequest,
     PaymentResult,
+    Payout,
     ProviderCustomer,
     ProviderError,
     ProviderEvent,
@@ -49,6 +51,8 @@ MINIMUM_STRIPE_AMOUNTS: Final = {
 METADATA_PAYMENT: Final = "tally_payment_id"
 METADATA_INVOICE: Final = "lago_invoice_id"
 METADATA_CREDIT_NOTE: Final = "tally_credit_note_id"
+LIST_PAGE_SIZE: Final = 100  # Stripe's largest page.
+LIST_PAGES_MAX: Final = 1_000  # 100,000 balance transactions in a reconciliation window.
 
 
 class AmountNotCollectableError(Exception):
@@ -285,6 +289,54 @@ class StripeGateway:
             )
         return ProviderEvent(**common)
 
+    def balance_transactions(
+        self, created_from: datetime, created_to: datetime
+    ) -> list[BalanceTransaction]:
+        """The account's balance history in [from, to), each with its source expanded, so a
+        charge names its PaymentIntent (and our payment id, in its metadata)."""
+        params: dict[str, Any] = {
+            "created": {"gte": _unix(created_from), "lt": _unix(created_to)},
+            "limit": LIST_PAGE_SIZE,
+            "expand": ["data.source"],
+        }
+        found = [_balance_transaction(t) for t in self._list("balance_transactions", params)]
+        return sorted(found, key=lambda t: (t.created_at, t.transaction_id))
+
+    def payouts(self, created_from: datetime, created_to: datetime) -> list[Payout]:
+        params: dict[str, Any] = {
+            "created": {"gte": _unix(created_from), "lt": _unix(created_to)},
+            "limit": LIST_PAGE_SIZE,
+        }
+        found = [
+            Payout(
+                payout_id=str(p["id"]),
+                amount_cents=from_stripe_amount(int(p["amount"]), str(p["currency"])),
+                currency=str(p["currency"]).upper(),
+                status=str(p.get("status") or ""),
+                created_at=datetime.fromtimestamp(int(p["created"]), UTC),
+                arrival_on=(
+                    datetime.fromtimestamp(int(p["arrival_date"]), UTC).date()
+                    if p.get("arrival_date")
+                    else None
+                ),
+            )
+            for p in self._list("payouts", params)
+        ]
+        return sorted(found, key=lambda p: (p.created_at, p.payout_id))
+
+    def _list(self, resource: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every page of a Stripe list (newest first), through starting_after."""
+        service = getattr(self.client.v1, resource)
+        found: list[dict[str, Any]] = []
+        for _ in range(LIST_PAGES_MAX):
+            page = self._call(lambda: service.list(params=dict(params)))
+            data: list[dict[str, Any]] = page.get("data") or []
+            found += data
+            if not page.get("has_more") or not data:
+                return found
+            params["starting_after"] = data[-1]["id"]
+        raise ProviderUnavailableError(f"More than {LIST_PAGES_MAX} pages of {resource}.")
+
     @staticmethod
     def _call(call: Callable[[], stripe.StripeObject]) -> dict[str, Any]:
         """Stripe's answer as a plain dict; its errors as the port's: outages to retry,
@@ -348,6 +400,38 @@ def _intent_status(status: str) -> str:
 def _refund_status(status: str) -> str:
     return {"succeeded": "succeeded", "failed": "failed", "canceled": "failed"}.get(
         status, "pending"
+    )
+
+
+def _unix(instant: datetime) -> int:
+    return int(instant.timestamp())
+
+
+def _balance_transaction(found: dict[str, Any]) -> BalanceTransaction:
+    """A Stripe balance transaction in the port's terms; its source (expanded) is a charge, a
+    refund or a payout, whose PaymentIntent and metadata name our payment."""
+    currency = str(found["currency"]).upper()
+    source = found.get("source")
+    source_obj: dict[str, Any] = source if isinstance(source, dict) else {}
+    source_id = source_obj.get("id") if source_obj else source
+    metadata = source_obj.get("metadata") or {}
+    kind = str(found.get("type") or "")
+    intent = source_obj.get("payment_intent")
+    if isinstance(intent, dict):
+        intent = intent.get("id")
+    return BalanceTransaction(
+        transaction_id=str(found["id"]),
+        kind=kind,
+        amount_cents=from_stripe_amount(int(found["amount"]), currency),
+        fee_cents=from_stripe_amount(int(found.get("fee") or 0), currency),
+        net_cents=from_stripe_amount(int(found["net"]), currency),
+        currency=currency,
+        created_at=datetime.fromtimestamp(int(found["created"]), UTC),
+        provider_payment_id=str(intent) if intent else None,
+        payment_id=_uuid(metadata.get(METADATA_PAYMENT)),
+        provider_refund_id=str(source_id) if kind in ("refund", "payment_refund") else None,
+        payout_id=str(source_id) if kind == "payout" and source_id else None,
+        description=found.get("description"),
     )
 
 

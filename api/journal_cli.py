@@ -7,10 +7,12 @@ from datetime import date
 from pathlib import Path
 from uuid import UUID
 
+from adapters.bank_transfer import amount_string, read_statement
 from adapters.settings import settings_from_env
 from adapters.stores import Ledger, open_ledger
 from api.controllers.journal import EXPORT_COLUMNS, csv_text, export_lines
 from application.journal import RowFilter, period_of
+from application.payments import ProcessorReconciliation, TransferReceived
 from domain.errors import InvalidValueError
 
 
@@ -20,10 +22,19 @@ def add_journal_commands(
     reconcile = commands.add_parser(
         "reconcile",
         help="tie the journal out to the invoices, credit notes, payments and wallets of a "
-        "month; prints every difference and exits 1 if there is any",
+        "month, and match each payment processor's balance transactions of the month to the "
+        "payments recorded; prints every difference and exits 1 if there is any",
     )
     reconcile.add_argument("--period", required=True, help="the month, YYYY-MM")
     reconcile.add_argument("--org", default=None, help="one organization's name (default: all)")
+    reconcile.add_argument(
+        "--statement",
+        action="append",
+        default=[],
+        metavar="CODE=FILE.csv",
+        help="a bank statement (CSV: reference, amount, currency, received_at) for the "
+        "bank-transfer connection CODE; may be repeated",
+    )
     reconcile.set_defaults(run=reconcile_command)
 
     journal = commands.add_parser("journal", help="the double-entry journal")
@@ -56,10 +67,18 @@ def reconcile_command(args: argparse.Namespace) -> int:
     except InvalidValueError:
         print(f"tally: --period {args.period!r} is not a month (YYYY-MM)", file=sys.stderr)
         return 2
+    try:
+        statements = _statements(args.statement)
+    except (OSError, ValueError, InvalidValueError) as error:
+        print(f"tally: --statement: {error}", file=sys.stderr)
+        return 2
     ledger = open_ledger(settings_from_env())
     try:
         organization_id = _organization(ledger, args.org)
         differences = ledger.journal.reconcile(date_from, date_to, organization_id)
+        processors = ledger.payments.reconcile_processors(
+            organization_id, date_from, date_to, statements
+        )
     except LookupError as error:
         print(f"tally: {error}", file=sys.stderr)
         return 2
@@ -67,8 +86,51 @@ def reconcile_command(args: argparse.Namespace) -> int:
         ledger.close()
     for difference in differences:
         print(difference)
-    print(f"Reconciled {args.period}: {len(differences)} differences.")
-    return 1 if differences else 0
+    for item in processors.differences:
+        print(item)
+    for line in _processor_summary(processors):
+        print(line)
+    count = len(differences) + len(processors.differences)
+    print(f"Reconciled {args.period}: {count} differences.")
+    return 1 if count else 0
+
+
+def _statements(values: list[str]) -> dict[str, list[TransferReceived]]:
+    """`CODE=FILE.csv` → the statement's lines by connection code."""
+    statements: dict[str, list[TransferReceived]] = {}
+    for value in values:
+        code, separator, path = value.partition("=")
+        if not separator or not code or not path:
+            raise ValueError(f"{value!r} is not CODE=FILE.csv")
+        statements.setdefault(code, []).extend(read_statement(Path(path).read_text()))
+    return statements
+
+
+def _processor_summary(report: ProcessorReconciliation) -> list[str]:
+    """Per connection: what matched, the fees the processor kept (not in the journal: ADR
+    0021) and its payouts."""
+    lines = []
+    codes = sorted(
+        {i.connection_code for i in report.items}
+        | {code for code, _, _ in report.fees}
+        | {code for code, _ in report.payouts}
+    )
+    for code in codes:
+        matched = sum(1 for i in report.matched if i.connection_code == code)
+        parts = [f"Processor {code}: {matched} matched"]
+        parts += [
+            f"fees {currency} {amount_string(cents, currency)}"
+            for fee_code, currency, cents in report.fees
+            if fee_code == code
+        ]
+        parts += [
+            f"payout {p.payout_id} {p.currency} {amount_string(p.amount_cents, p.currency)}"
+            + (f" arriving {p.arrival_on.isoformat()}" if p.arrival_on else "")
+            for payout_code, p in report.payouts
+            if payout_code == code
+        ]
+        lines.append("; ".join(parts) + ".")
+    return lines
 
 
 def journal_export_command(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any, Final
 from uuid import UUID
 
+from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
@@ -23,13 +24,14 @@ from eventsourcing.utils import get_topic
 
 from application.base import BillingBase
 from application.projections import CatchUp
-from domain import journal
+from domain import ids, journal
 from domain.credit_note import CreditNote
 from domain.customer import Customer
 from domain.errors import InvalidValueError
 from domain.invoice import Invoice
 from domain.journal import CHART, Posting
 from domain.money import allocate_cents
+from domain.payment import Collection, Payment
 from domain.wallet import Wallet
 
 # Receivables ageing: days past the due date, as (label, first day, last day).
@@ -287,12 +289,14 @@ CREDIT_NOTE_EVENTS: Final = (
     CreditNote.Voided,
     CreditNote.RefundStatusChanged,
 )
+PAYMENT_EVENTS: Final = (Payment.Succeeded,)
 WALLET_EVENTS: Final = (
     Wallet.Granted,
     Wallet.PurchaseSettled,
     Wallet.Voided,
     Wallet.Invoiced,
     Wallet.Forfeited,
+    Wallet.Recredited,
 )
 
 
@@ -303,7 +307,13 @@ class JournalProjection(Projection[JournalView]):
     name = "journal"
     topics = tuple(
         get_topic(cls)
-        for cls in (*CUSTOMER_EVENTS, *INVOICE_EVENTS, *CREDIT_NOTE_EVENTS, *WALLET_EVENTS)
+        for cls in (
+            *CUSTOMER_EVENTS,
+            *INVOICE_EVENTS,
+            *CREDIT_NOTE_EVENTS,
+            *WALLET_EVENTS,
+            *PAYMENT_EVENTS,
+        )
     )
 
     def __init__(self, view: JournalView, billing: BillingBase) -> None:
@@ -324,6 +334,12 @@ class JournalProjection(Projection[JournalView]):
             return self._invoice(event, position)
         if isinstance(event, CREDIT_NOTE_EVENTS):
             return self._credit_note(event, position)
+        if isinstance(event, PAYMENT_EVENTS):
+            payment = self._at_version(event)
+            assert isinstance(payment, Payment), payment
+            # The invoice's number and type are fixed at finalization, before any payment.
+            invoice = self._latest(payment.invoice_id)
+            return _posted(journal.payment_received(payment, invoice), position)
         if isinstance(event, WALLET_EVENTS):
             wallet = self._at_version(event)
             assert isinstance(wallet, Wallet), wallet
@@ -331,6 +347,8 @@ class JournalProjection(Projection[JournalView]):
                 return _posted(journal.credits_granted(wallet, event.transaction_id), position)
             if isinstance(event, Wallet.PurchaseSettled):
                 return _posted(journal.top_up_settled(wallet, event.transaction_id), position)
+            if isinstance(event, Wallet.Recredited):
+                return _posted(journal.credits_recredited(wallet, event.transaction_id), position)
             on = None
             if isinstance(event, Wallet.Invoiced):
                 # Dated like the invoice it pays, whose finalization saved it.
@@ -361,8 +379,13 @@ class JournalProjection(Projection[JournalView]):
             else:
                 previous = self._at_version(event, before=True)
                 assert isinstance(previous, Invoice), previous
+                payments_cents, marked_cents = self._cash_posted(invoice.id)
                 posting = journal.payment_status_changed(
-                    invoice, previous.payment_status, event.timestamp.date()
+                    invoice,
+                    previous.payment_status,
+                    event.timestamp.date(),
+                    payments_cents=payments_cents,
+                    marked_cents=marked_cents,
                 )
         rows = rows_of(posting, position) if posting else ()
         return JournalChange(rows=rows, invoice=_record(invoice, country))
@@ -389,6 +412,21 @@ class JournalProjection(Projection[JournalView]):
                 note, previous.refund_status, event.timestamp.date()
             )
         return _posted(posting, position)
+
+    def _cash_posted(self, invoice_id: UUID) -> tuple[int, int]:
+        """The cash the journal holds so far for an invoice: from recorded payments, and from
+        the invoice marked paid (its own postings). Read from the view, which holds exactly
+        the events before this one, live and on a rebuild alike."""
+        payments_cents = marked_cents = 0
+        own = f"{invoice_id}:"
+        for row in self.view.rows(RowFilter(invoice_id=invoice_id, accounts=(journal.CASH,))):
+            if row.kind not in ("payment_received", "payment_reversed"):
+                continue  # Refunds paid out are the credit notes' business.
+            if row.transaction_id.startswith(own):
+                marked_cents += row.balance_cents
+            else:
+                payments_cents += row.balance_cents
+        return payments_cents, marked_cents
 
     def _country(self, invoice: Invoice) -> str | None:
         """Where the VAT applies (the invoice's EU VAT decision), else the customer's country."""
@@ -968,7 +1006,10 @@ class _Reconciliation:
         for invoice in invoices:
             if invoice.status != "draft" and self.start <= invoice.issuing_date <= self.end:
                 expected = _expected_invoice(
-                    invoice, notes_by_invoice.get(invoice.id, []), wallets_by_id
+                    invoice,
+                    notes_by_invoice.get(invoice.id, []),
+                    wallets_by_id,
+                    paid_by_payments_cents(self.billing, invoice.id),
                 )
                 reference = invoice.number or str(invoice.id)
                 self._compare(
@@ -1095,23 +1136,54 @@ def notes_of(notes: Iterable[CreditNote], invoice_id: UUID) -> list[CreditNote]:
     return [note for note in notes if note.invoice_id == invoice_id]
 
 
+def paid_by_payments_cents(billing: BillingBase, invoice_id: UUID) -> int:
+    """Σ the invoice's recorded payments that succeeded (refunded ones included: a refund is
+    its credit note's business)."""
+    try:
+        collection: Collection = billing.repository.get(ids.collection_id(invoice_id))
+    except AggregateNotFoundError:
+        return 0
+    total = 0
+    for payment_id in collection.payment_ids:
+        payment: Payment = billing.repository.get(payment_id)
+        if payment.settled_status == "succeeded":
+            total += payment.amount_cents
+    return total
+
+
 def _expected_invoice(
-    invoice: Invoice, notes: Sequence[CreditNote], wallets: dict[UUID, Wallet]
+    invoice: Invoice,
+    notes: Sequence[CreditNote],
+    wallets: dict[UUID, Wallet],
+    payments_cents: int = 0,
 ) -> dict[str, int]:
-    """An invoice's balances (debit − credit) by account, from the invoice, its credit notes
-    and, for a top-up, its wallet: what the journal must say about it."""
+    """An invoice's balances (debit − credit) by account, from the invoice, its credit notes,
+    its recorded payments and, for a top-up, its wallet: what the journal must say about it.
+
+    Cash is what the payments brought, plus, when the invoice is marked paid, what they left
+    due then. A payment that succeeds after its invoice was already marked paid (paid twice)
+    is therefore reported as a difference: finance must look at it."""
     totals = invoice.totals
     gross = totals.sub_total_including_taxes_amount_cents
     voided = invoice.status == "voided"
-    offsets = invoice.total_offsetted_credit_note_amount_cents
     paid = invoice.payment_status == "succeeded"
-    cash_in = max(0, totals.total_amount_cents - offsets) if paid else 0
+    offsets = invoice.total_offsetted_credit_note_amount_cents
+    marked = max(0, journal.cash_received_cents(invoice) - payments_cents) if paid else 0
+    cash_in = payments_cents + marked
     refunds_paid = sum(n.refund_amount_cents for n in notes if n.refund_status == "succeeded")
     credited_total = sum(n.total_amount_cents for n in notes)
+    # Credits a void gave back to the wallets reopen what they had paid (§8.8).
+    recredited = sum(
+        t.amount_cents
+        for wallet in wallets.values()
+        for t in wallet.transactions.values()
+        if t.kind == "recredited" and t.invoice_id == invoice.id
+    )
     receivable = (
         gross
         - totals.credit_notes_amount_cents
         - totals.prepaid_credit_amount_cents
+        + recredited
         - offsets
         - cash_in
         - (gross - credited_total if voided else 0)

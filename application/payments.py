@@ -17,12 +17,18 @@ Webhooks. A webhook is verified by the connection's secret, stored in the inbox 
 processor's event id) before anything else, then processed; a redelivery is stored once and
 processed once, and processing itself is idempotent (a payment succeeds once, and a failure
 arriving after the success changes nothing), so out-of-order deliveries settle on the truth.
+
+Reconciliation (ADR 0021). The processor's balance transactions (a bank's imported statement)
+are matched to the payments recorded through each connection, and what does not match, the
+fees and the payouts are reported; nothing is changed by it.
 """
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 from uuid import UUID
 
@@ -39,14 +45,17 @@ from domain.limits import COMMAND_RETRIES_MAX
 from domain.payment import (
     PROVIDERS,
     Collection,
+    InvoicePaymentState,
     Payment,
     PaymentConnection,
     PaymentInProgressError,
     PaymentRetryStatusError,
+    invoice_payment_state,
 )
 from domain.periods import local_date
 
 if TYPE_CHECKING:
+    from application.base import BillingBase
     from application.billing import Billing
     from application.credit_notes import CreditNotes
     from application.invoicing import Invoicing
@@ -156,6 +165,38 @@ class ProviderEvent:
     dispute_status: str | None = None
 
 
+@dataclass(frozen=True)
+class BalanceTransaction:
+    """One movement of the processor's balance (Stripe's balance transaction, or a line of an
+    imported bank statement), in Tally's minor units: amount is gross and signed (+ into the
+    balance: a charge; − out: a refund, a payout), fee what the processor kept, net the rest."""
+
+    transaction_id: str
+    kind: str  # charge, payment, refund, payment_refund, payout, transfer (a statement line), ...
+    amount_cents: int
+    fee_cents: int
+    net_cents: int
+    currency: str
+    created_at: datetime
+    provider_payment_id: str | None = None  # Stripe's PaymentIntent, a transfer's reference.
+    payment_id: UUID | None = None  # Ours, from the processor object's metadata.
+    provider_refund_id: str | None = None
+    payout_id: str | None = None
+    description: str | None = None
+
+
+@dataclass(frozen=True)
+class Payout:
+    """Money the processor sent to the seller's bank account."""
+
+    payout_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    created_at: datetime
+    arrival_on: date | None
+
+
 class PaymentProvider(Protocol):
     """One connection's processor account."""
 
@@ -192,6 +233,17 @@ class PaymentProvider(Protocol):
 
     def read_event(self, payload: bytes) -> ProviderEvent:
         """Read a webhook verified when it was received (processing from the inbox)."""
+
+    def balance_transactions(
+        self, created_from: datetime, created_to: datetime
+    ) -> list[BalanceTransaction]:
+        """The balance's movements created in [from, to), oldest first; a processor that
+        cannot be queried (a bank) returns none: its statement is imported instead.
+
+        Raises ProviderUnavailableError."""
+
+    def payouts(self, created_from: datetime, created_to: datetime) -> list[Payout]:
+        """Payouts created in [from, to), oldest first."""
 
 
 class PaymentProviders(Protocol):
@@ -266,6 +318,232 @@ class Reconciliation:
     result: str  # matched, already_matched, amount_mismatch, unknown_reference
     payment_id: UUID | None = None
     invoice_id: UUID | None = None
+
+
+# Processor reconciliation (ADR 0021): what a result means, and whether finance must look at it.
+MATCH_RESULTS: Final = {
+    "matched": False,  # A charge or transfer for a payment Tally recorded, same amount.
+    "refund_matched": False,  # A refund Tally requested, same amount.
+    "amount_mismatch": True,  # Matched by id, but another amount or currency.
+    "duplicate": True,  # A second charge for one payment: the customer paid twice.
+    "not_recorded_as_paid": True,  # The processor took the money; Tally's payment is not paid.
+    "unknown_payment": True,  # Money in that names no payment of this connection.
+    "unknown_refund": True,  # Money out that names no payment, or no refund Tally requested.
+    "missing_at_processor": True,  # Tally recorded it paid; the processor shows no money in.
+    "other": True,  # An adjustment, a dispute, a fee: booked by hand.
+    "processor_unavailable": True,  # The processor could not be asked: try again.
+}
+MATCH_WINDOW: Final = timedelta(days=3)  # A charge and its webhook may straddle a month's end.
+MONEY_IN: Final = ("charge", "payment", "transfer")
+MONEY_BACK: Final = ("refund", "payment_refund")
+
+
+@dataclass(frozen=True)
+class ProcessorItem:
+    """One line of the processor reconciliation."""
+
+    connection_code: str
+    result: str  # A key of MATCH_RESULTS.
+    currency: str | None
+    processor_cents: int | None  # The processor's gross amount (signed).
+    recorded_cents: int | None  # What Tally recorded (a payment's, or a refund's, amount).
+    fee_cents: int = 0
+    transaction_id: str | None = None
+    kind: str | None = None
+    payment_id: UUID | None = None
+    invoice_id: UUID | None = None
+    on: date | None = None
+    detail: str | None = None
+
+    @property
+    def is_difference(self) -> bool:
+        return MATCH_RESULTS[self.result]
+
+    def __str__(self) -> str:
+        amounts = f"processor {self.processor_cents}, recorded {self.recorded_cents}"
+        parts = [
+            f"processor {self.connection_code} {self.result}",
+            self.transaction_id or "-",
+            f"{self.kind or '-'} {self.currency or '-'}: {amounts}",
+        ]
+        if self.payment_id is not None:
+            parts.append(f"payment {self.payment_id}")
+        if self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ProcessorReconciliation:
+    """A period's processor balance transactions matched to the payments Tally recorded."""
+
+    items: tuple[ProcessorItem, ...]
+    fees: tuple[tuple[str, str, int], ...]  # (connection, currency, Σ fees in the period)
+    payouts: tuple[tuple[str, Payout], ...]  # (connection, payout) created in the period
+
+    @property
+    def differences(self) -> list[ProcessorItem]:
+        return [item for item in self.items if item.is_difference]
+
+    @property
+    def matched(self) -> list[ProcessorItem]:
+        return [item for item in self.items if not item.is_difference]
+
+
+def statement_transactions(lines: Iterable[TransferReceived]) -> list[BalanceTransaction]:
+    """A bank statement's lines as balance transactions: money in, no fee, named by their
+    reference; a line's id hashes its content, so the same line read twice is one line."""
+    found: dict[str, BalanceTransaction] = {}
+    for line in lines:
+        digest = hashlib.sha256(
+            json.dumps(
+                [line.reference, line.amount_cents, line.currency, line.received_at.isoformat()]
+            ).encode()
+        ).hexdigest()[:16]
+        found[digest] = BalanceTransaction(
+            transaction_id=f"statement-{digest}",
+            kind="transfer",
+            amount_cents=line.amount_cents,
+            fee_cents=0,
+            net_cents=line.amount_cents,
+            currency=line.currency,
+            created_at=line.received_at,
+            provider_payment_id=line.reference.strip().upper(),
+        )
+    return sorted(found.values(), key=lambda t: (t.created_at, t.transaction_id))
+
+
+def match_transactions(
+    connection_code: str,
+    transactions: Sequence[BalanceTransaction],
+    payments: Sequence[Payment],
+    period: tuple[datetime, datetime],
+) -> list[ProcessorItem]:
+    """Match a connection's balance transactions to its recorded payments. Transactions are
+    read a few days past each end of the period, so a charge and its payment straddling the
+    boundary still match; only what falls in the period is reported."""
+    start, end = period
+    by_id = {p.id: p for p in payments}
+    by_provider_id = {
+        p.provider_payment_id.upper(): p for p in payments if p.provider_payment_id is not None
+    }
+    by_provider_id.update({p.reference.upper(): p for p in payments if p.reference is not None})
+    seen: set[UUID] = set()
+    items: list[ProcessorItem] = []
+
+    def find(transaction: BalanceTransaction) -> Payment | None:
+        if transaction.payment_id is not None and transaction.payment_id in by_id:
+            return by_id[transaction.payment_id]
+        if transaction.provider_payment_id:
+            return by_provider_id.get(transaction.provider_payment_id.upper())
+        return None
+
+    for transaction in transactions:
+        inside = start <= transaction.created_at < end
+        payment = find(transaction)
+        common: dict[str, Any] = {
+            "connection_code": connection_code,
+            "currency": transaction.currency,
+            "processor_cents": transaction.amount_cents,
+            "fee_cents": transaction.fee_cents,
+            "transaction_id": transaction.transaction_id,
+            "kind": transaction.kind,
+            "on": transaction.created_at.date(),
+        }
+        if transaction.kind == "payout":
+            continue  # Listed with the payouts.
+        if transaction.kind in MONEY_IN:
+            again = payment is not None and payment.id in seen
+            if payment is not None:
+                seen.add(payment.id)
+            if not inside:
+                continue
+            if payment is None:
+                items.append(ProcessorItem(result="unknown_payment", recorded_cents=None, **common))
+                continue
+            refs: dict[str, Any] = {"payment_id": payment.id, "invoice_id": payment.invoice_id}
+            if again:
+                result = "duplicate"
+            elif payment.settled_status != "succeeded":
+                result = "not_recorded_as_paid"
+            elif (transaction.amount_cents, transaction.currency) != (
+                payment.amount_cents,
+                payment.currency,
+            ):
+                result = "amount_mismatch"
+            else:
+                result = "matched"
+            items.append(
+                ProcessorItem(
+                    result=result,
+                    recorded_cents=payment.amount_cents,
+                    detail=None if result == "matched" else f"payment is {payment.status}",
+                    **refs,
+                    **common,
+                )
+            )
+        elif transaction.kind in MONEY_BACK:
+            if not inside:
+                continue
+            refund = None
+            if payment is not None:
+                refund = next(
+                    (
+                        r
+                        for r in payment.refunds.values()
+                        if transaction.provider_refund_id is not None
+                        and r["provider_refund_id"] == transaction.provider_refund_id
+                    ),
+                    None,
+                )
+            if payment is None or refund is None:
+                items.append(
+                    ProcessorItem(
+                        result="unknown_refund",
+                        recorded_cents=None,
+                        payment_id=payment.id if payment else None,
+                        invoice_id=payment.invoice_id if payment else None,
+                        **common,
+                    )
+                )
+                continue
+            recorded = int(refund["amount_cents"])
+            result = (
+                "refund_matched" if -transaction.amount_cents == recorded else "amount_mismatch"
+            )
+            items.append(
+                ProcessorItem(
+                    result=result,
+                    recorded_cents=-recorded,
+                    payment_id=payment.id,
+                    invoice_id=payment.invoice_id,
+                    **common,
+                )
+            )
+        elif inside:
+            items.append(ProcessorItem(result="other", recorded_cents=None, **common))
+    for payment in payments:
+        paid_at = payment.paid_at
+        if (
+            payment.settled_status == "succeeded"
+            and paid_at is not None
+            and start <= paid_at < end
+            and payment.id not in seen
+        ):
+            items.append(
+                ProcessorItem(
+                    connection_code=connection_code,
+                    result="missing_at_processor",
+                    currency=payment.currency,
+                    processor_cents=None,
+                    recorded_cents=payment.amount_cents,
+                    payment_id=payment.id,
+                    invoice_id=payment.invoice_id,
+                    on=paid_at.date(),
+                    detail=payment.provider_payment_id or payment.reference,
+                )
+            )
+    return items
 
 
 @dataclass
@@ -1033,6 +1311,93 @@ class Payments:
         self._update(payment.id, lambda p: p.succeed(p.reference, transfer.received_at))
         self._settle_invoice(payment.organization_id, payment.invoice_id, transfer.received_at)
 
+    # Processor reconciliation (`tally reconcile`, ADR 0021).
+
+    def reconcile_processors(
+        self,
+        organization_id: UUID | None,
+        date_from: date,
+        date_to: date,
+        statements: Mapping[str, Sequence[TransferReceived]] | None = None,
+    ) -> ProcessorReconciliation:
+        """Match each connection's balance transactions of a period (UTC days, both included)
+        to the payments Tally recorded through it: unmatched items on either side, amount
+        differences, the processor's fees and its payouts; for one organization or (None)
+        every one. A bank is not queried: its statement (by connection code) is; a bank
+        connection without one is left out. Nothing changes: a statement pays transfers
+        through reconcile_transfers."""
+        if date_to < date_from:
+            raise InvalidValueError("to", "invalid_date", date_to.isoformat())
+        if organization_id is None:
+            self.billing.catch_up()
+        organizations = [organization_id] if organization_id else self._organization_ids()
+        parts = [
+            self._reconcile_processors(org, date_from, date_to, statements or {})
+            for org in organizations
+        ]
+        return ProcessorReconciliation(
+            tuple(item for part in parts for item in part.items),
+            tuple(fee for part in parts for fee in part.fees),
+            tuple(payout for part in parts for payout in part.payouts),
+        )
+
+    def _reconcile_processors(
+        self,
+        organization_id: UUID,
+        date_from: date,
+        date_to: date,
+        statements: Mapping[str, Sequence[TransferReceived]],
+    ) -> ProcessorReconciliation:
+        start = datetime.combine(date_from, time(), UTC)
+        end = datetime.combine(date_to + timedelta(days=1), time(), UTC)
+        by_connection: dict[str, list[Payment]] = {}
+        for invoice in self.billing._all(Invoice, "invoice", organization_id):
+            for payment in self.invoice_payments(organization_id, invoice.id):
+                if payment.payment_type == "provider" and payment.connection_code:
+                    by_connection.setdefault(payment.connection_code, []).append(payment)
+        items: list[ProcessorItem] = []
+        fees: dict[tuple[str, str], int] = {}
+        payouts: list[tuple[str, Payout]] = []
+        for connection in self.connections(organization_id):
+            code = connection.code
+            if connection.provider == "bank_transfer":
+                if code not in statements:
+                    continue
+                transactions = statement_transactions(statements[code])
+                found_payouts: list[Payout] = []
+            else:
+                provider = self._provider(connection)
+                try:
+                    transactions = provider.balance_transactions(
+                        start - MATCH_WINDOW, end + MATCH_WINDOW
+                    )
+                    found_payouts = provider.payouts(start, end)
+                except ProviderUnavailableError as error:
+                    items.append(
+                        ProcessorItem(
+                            connection_code=code,
+                            result="processor_unavailable",
+                            currency=None,
+                            processor_cents=None,
+                            recorded_cents=None,
+                            detail=str(error),
+                        )
+                    )
+                    continue
+            items += match_transactions(
+                code, transactions, by_connection.get(code, []), (start, end)
+            )
+            for transaction in transactions:
+                if start <= transaction.created_at < end and transaction.fee_cents:
+                    key = (code, transaction.currency)
+                    fees[key] = fees.get(key, 0) + transaction.fee_cents
+            payouts += [(code, payout) for payout in found_payouts]
+        return ProcessorReconciliation(
+            tuple(items),
+            tuple((code, currency, cents) for (code, currency), cents in sorted(fees.items())),
+            tuple(payouts),
+        )
+
     # Helpers.
 
     def _organization_ids(self) -> list[UUID]:
@@ -1185,6 +1550,18 @@ class Payments:
         if key not in self._opened:
             self._opened[key] = self.providers.open(provider, secrets)
         return self._opened[key]
+
+
+def invoice_payments_of(billing: "BillingBase", invoice: Invoice) -> InvoicePaymentState:
+    """An invoice's payment totals and overdue flag, for its Lago representation."""
+    try:
+        collection: Collection | None = billing.repository.get(ids.collection_id(invoice.id))
+    except AggregateNotFoundError:
+        collection = None
+    payments: list[Payment] = []
+    if collection is not None and collection.organization_id == invoice.organization_id:
+        payments = [billing.repository.get(payment_id) for payment_id in collection.payment_ids]
+    return invoice_payment_state(invoice, collection, payments)
 
 
 def _paid_cents(payments: Iterable[Payment]) -> int:

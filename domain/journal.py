@@ -12,14 +12,16 @@ Posting rules (integer minor units, D6):
 - credit note issued: revenue and VAT debited back, against customer credit, refunds payable and
   receivable (its credit, refund and offset parts);
 - credit applied to an invoice (credit note consumed): customer credit against receivable;
-- invoice paid (payment status becomes succeeded): cash against receivable, for the amount due
-  then; a payment status leaving succeeded reverses it; a refund paid: refunds payable against
-  cash (and back when it leaves succeeded);
+- payment recorded (a Payment succeeded: processor, transfer or manual, partial ones too): cash
+  against receivable for its own amount, on the day it was paid; an invoice marked paid without
+  payments covering it: cash for what they left due, reversed when the status leaves succeeded;
+  a refund paid: refunds payable against cash (and back when it leaves succeeded);
 - invoice voided: what it still carries (fees and taxes not yet credited) reversed against the
   receivable; a voided `credit` invoice no longer awaits payment;
 - granted credits: promotional expense against granted-credit liability;
 - paid top-up settled: top-ups awaiting payment against paid-credit liability (deferred revenue);
 - credits paying an invoice: each lot's liability (granted or paid) against the receivable;
+- credits returned by a voided invoice: the receivable against each lot's liability (the reverse);
 - credits voided or forfeited at expiry or termination (D15): paid credits to other income,
   granted credits back out of promotional expense;
 - a credit note's credit voided: customer credit to other income.
@@ -27,7 +29,7 @@ Posting rules (integer minor units, D6):
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Any, Final
@@ -36,6 +38,7 @@ from uuid import UUID
 from domain.credit_note import CreditNote
 from domain.invoice import Invoice
 from domain.invoicing import FeeLine
+from domain.payment import Payment
 from domain.taxes import AppliedTax, invoice_taxes
 from domain.wallet import Wallet
 
@@ -276,23 +279,33 @@ def invoice_voided(invoice: Invoice, country: str | None) -> Posting | None:
 def cash_received_cents(invoice: Invoice) -> int:
     """What a succeeded payment status means was received: the total after credits and
     wallets, less credit-note offsets (a payment status never covers an offset)."""
-    return max(
-        0,
-        invoice.totals.total_amount_cents - invoice.total_offsetted_credit_note_amount_cents,
-    )
+    offsets = invoice.total_offsetted_credit_note_amount_cents - invoice.void_offset_amount_cents
+    return max(0, invoice.totals.total_amount_cents - offsets)
 
 
-def payment_status_changed(invoice: Invoice, previous: str, on: date) -> Posting | None:
-    """Cash against the receivable when the status becomes succeeded; reversed when it leaves."""
+def payment_status_changed(
+    invoice: Invoice,
+    previous: str,
+    on: date,
+    *,
+    payments_cents: int = 0,
+    marked_cents: int | None = None,
+) -> Posting | None:
+    """The invoice marked paid without payments covering it (Lago's PUT payment_status, a
+    top-up paid by hand): cash against the receivable for what recorded payments
+    (payments_cents, posted by their own events) left due; when the status leaves succeeded,
+    that marked part (marked_cents) is taken back, never the recorded payments."""
     assert invoice.number is not None, invoice.id
     paid, was_paid = invoice.payment_status == "succeeded", previous == "succeeded"
-    cents = cash_received_cents(invoice)
-    if paid == was_paid or cents == 0:
+    if paid == was_paid:
         return None
-    dims: dict[str, Any] = {"invoice_id": invoice.id}
-    top_up = credit_top_up(invoice)
-    if top_up is not None:
-        dims["wallet_id"] = top_up[0]
+    if paid:
+        cents = max(0, cash_received_cents(invoice) - payments_cents)
+    else:
+        cents = cash_received_cents(invoice) if marked_cents is None else marked_cents
+    if cents <= 0:
+        return None
+    dims = _payment_dims(invoice)
     if paid:
         entries = [
             _line(CASH, cents, 0, invoice.number, **dims),
@@ -304,6 +317,29 @@ def payment_status_changed(invoice: Invoice, previous: str, on: date) -> Posting
         _line(CASH, 0, cents, invoice.number, **dims),
     ]
     return _posting(invoice, "payment_reversed", on, entries)
+
+
+def payment_received(payment: Payment, invoice: Invoice) -> Posting:
+    """A payment recorded as succeeded (processor, transfer or manual, partial or whole):
+    cash (processor clearing) against the invoice's receivable, for its own amount, dated the
+    day it was paid."""
+    assert invoice.number is not None, invoice.id
+    assert payment.paid_at is not None and payment.invoice_id == invoice.id, payment.id
+    assert payment.currency == invoice.currency, (payment.currency, invoice.currency)
+    dims = _payment_dims(invoice)
+    entries = [
+        _line(CASH, payment.amount_cents, 0, invoice.number, **dims),
+        _line(RECEIVABLES, 0, payment.amount_cents, invoice.number, **dims),
+    ]
+    return _posting(payment, "payment_received", payment.paid_at.astimezone(UTC).date(), entries)
+
+
+def _payment_dims(invoice: Invoice) -> dict[str, Any]:
+    dims: dict[str, Any] = {"invoice_id": invoice.id}
+    top_up = credit_top_up(invoice)
+    if top_up is not None:
+        dims["wallet_id"] = top_up[0]
+    return dims
 
 
 # Credit notes.
@@ -441,6 +477,23 @@ def credits_debited(wallet: Wallet, wallet_transaction_id: UUID, on: date | None
                 _line(to, 0, cents, reference, **dims),
             ]
     return _posting(wallet, kind, on or transaction.created_at.date(), entries)
+
+
+def credits_recredited(wallet: Wallet, wallet_transaction_id: UUID) -> Posting:
+    """A voided invoice's credits back in the wallet: its payment by credits reversed, lot by
+    lot (the void then reverses the whole receivable)."""
+    transaction = wallet.transactions[wallet_transaction_id]
+    assert transaction.kind == "recredited", transaction
+    dims: dict[str, Any] = {"wallet_id": wallet.id, "invoice_id": transaction.invoice_id}
+    reference = str(wallet_transaction_id)
+    entries = []
+    for lot_id, cents in transaction.lots:
+        liability = WALLET_GRANTED if wallet.transactions[lot_id].kind == "granted" else WALLET_PAID
+        entries += [
+            _line(RECEIVABLES, cents, 0, reference, **dims),
+            _line(liability, 0, cents, reference, **dims),
+        ]
+    return _posting(wallet, "credits_recredited", transaction.created_at.date(), entries)
 
 
 # Helpers.

@@ -8,7 +8,8 @@ same call to the processor and never charges twice.
 """
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 from uuid import UUID
@@ -18,6 +19,7 @@ from eventsourcing.domain import AggregateCreated, AggregateEvent, BaseAggregate
 from domain import ids
 from domain.customer import check_key
 from domain.errors import InvalidValueError, NotAllowedError
+from domain.invoice import Invoice
 from domain.limits import AMOUNT_CENTS_MAX, TEXT_LENGTH_MAX
 from domain.money import check_currency
 
@@ -689,3 +691,41 @@ class Collection(BaseAggregate[UUID]):
     @property
     def payment_ids(self) -> Sequence[UUID]:
         return [payment_id for payment_id, _ in self.payments]
+
+
+@dataclass(frozen=True)
+class InvoicePaymentState:
+    """What an invoice's payments amount to, as Lago's invoice shows it."""
+
+    total_paid_amount_cents: int
+    total_due_amount_cents: int
+    payment_overdue: bool
+    payment_dispute_lost_at: datetime | None = None
+
+
+def invoice_payment_state(
+    invoice: Invoice, collection: Collection | None, payments: Iterable[Payment]
+) -> InvoicePaymentState:
+    """Lago's total_paid_amount_cents (the total once paid; before that, what succeeded
+    payments brought, partial manual ones included), total_due_amount_cents (total − paid −
+    credit-note offsets) and payment_overdue (finalized, not paid, something still due, and
+    marked overdue by dunning once its payment_due_date passed), and when a dispute of one of
+    its payments was lost (Lago's payment_dispute_lost_at)."""
+    payments = list(payments)
+    total_cents = invoice.totals.total_amount_cents
+    if invoice.payment_status == "succeeded":
+        paid_cents = total_cents
+    else:
+        received = sum(p.amount_cents for p in payments if p.settled_status == "succeeded")
+        paid_cents = min(total_cents, received)
+    due_cents = max(0, total_cents - paid_cents - invoice.total_offsetted_credit_note_amount_cents)
+    overdue = (
+        invoice.status == "finalized"
+        and invoice.payment_status != "succeeded"
+        and due_cents > 0
+        and collection is not None
+        and collection.overdue_at is not None
+    )
+    lost = [p.dispute_closed_at for p in payments if p.dispute_status == "lost"]
+    lost_at = max((at for at in lost if at is not None), default=None)
+    return InvoicePaymentState(paid_cents, due_cents, overdue, lost_at)

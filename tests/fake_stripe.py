@@ -1,7 +1,10 @@
 """A local fake of Stripe's HTTP API, for the official SDK pointed at it (its base address).
 
 It speaks the endpoints Tally calls: customers (create, retrieve, update), payment_intents
-(create, retrieve), checkout/sessions and setup_intents, refunds, with Stripe's form encoding,
+(create, retrieve), checkout/sessions and setup_intents, refunds, and the lists of
+balance_transactions (each charge, refund and payout moves the balance, less a fee of
+1.4 % + 0.25 on charges; `expand[]=data.source` expands the charge, refund or payout) and
+payouts (`pay_out` sends the available balance), with Stripe's form encoding,
 error bodies and Idempotency-Key semantics: the same key with the same parameters returns the
 first answer again (never a second charge); with other parameters, a 400 idempotency_error.
 Accounts are told apart by the Authorization bearer key, and every request is recorded so tests
@@ -48,6 +51,7 @@ class Account:
     objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (idempotency key) → (parameters, status, body)
     idempotent: dict[str, tuple[dict[str, Any], int, bytes]] = field(default_factory=dict)
+    paid_out: dict[str, str] = field(default_factory=dict)  # balance transaction → payout
 
 
 class FakeStripe:
@@ -58,6 +62,9 @@ class FakeStripe:
         self.failures: list[Failure] = []
         self.intent_status = "succeeded"  # Or "processing": then a webhook tells the outcome.
         self.auto_payment_method = True  # New customers get a default card.
+        self.now: int | None = None  # Unix time stamped on new objects; None: the clock.
+        self.fee_per_mille = 14  # Stripe's fee on a charge: 1.4 % + 25 units.
+        self.fee_fixed = 25
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -110,11 +117,56 @@ class FakeStripe:
                 if r.path.startswith(path) and (account is None or r.account == account)
             ]
 
+    def balance_transactions(self, secret_key: str) -> list[dict[str, Any]]:
+        return self.objects(secret_key, "balance_transaction")
+
+    def add_balance_transaction(
+        self, secret_key: str, kind: str, amount: int, currency: str = "eur", **more: Any
+    ) -> dict[str, Any]:
+        """A movement Tally did not cause (an adjustment, a charge made by hand)."""
+        with self._lock:
+            return self._balance(self.accounts[secret_key], kind, amount, currency, None, **more)
+
+    def pay_out(self, secret_key: str, currency: str = "eur") -> dict[str, Any]:
+        """Send the balance not yet paid out to the bank: a payout and its balance entry."""
+        with self._lock:
+            account = self.accounts[secret_key]
+            pending = [
+                t
+                for t in account.objects.values()
+                if t["object"] == "balance_transaction"
+                and t["currency"] == currency
+                and t["type"] != "payout"
+                and t["id"] not in account.paid_out
+            ]
+            total = sum(t["net"] for t in pending)
+            created = self._now()
+            payout = self._new(
+                account,
+                "po",
+                {
+                    "object": "payout",
+                    "amount": total,
+                    "currency": currency,
+                    "status": "paid",
+                    "created": created,
+                    "arrival_date": created + 2 * 86_400,
+                },
+            )
+            account.paid_out.update((t["id"], payout["id"]) for t in pending)
+            payout["balance_transaction"] = self._balance(
+                account, "payout", -total, currency, payout["id"], fee=0
+            )["id"]
+            return dict(payout)
+
     def complete_intent(self, secret_key: str, intent_id: str, status: str) -> dict[str, Any]:
         """What Stripe does later to a processing PaymentIntent (then sends its webhook)."""
         with self._lock:
-            intent = self.accounts[secret_key].objects[intent_id]
+            account = self.accounts[secret_key]
+            intent = account.objects[intent_id]
             intent["status"] = status
+            if status == "succeeded":
+                self._charge(account, intent)
             if status == "requires_payment_method":
                 intent["last_payment_error"] = {
                     "code": "card_declined",
@@ -173,7 +225,7 @@ class FakeStripe:
         length = int(request.headers.get("Content-Length") or 0)
         body = request.rfile.read(length).decode() if length else ""
         path = urlsplit(request.path).path
-        params = _parse_form(body)
+        params = _parse_form(urlsplit(request.path).query if method == "GET" else body)
         key = (request.headers.get("Authorization") or "").removeprefix("Bearer ").strip()
         idempotency_key = request.headers.get("Idempotency-Key")
         failure = self._take_failure(method, path)
@@ -251,6 +303,8 @@ class FakeStripe:
             parts = [parts[0], "/".join(parts[1:3]), *parts[3:]]
         resource = parts[1]
         object_id = parts[2] if len(parts) > 2 else ""
+        if method == "GET" and not object_id and resource in ("balance_transactions", "payouts"):
+            return 200, self._list(account, resource, params)
         if method == "GET" or (object_id and resource == "customers"):
             found = account.objects.get(object_id)
             if found is None:
@@ -273,6 +327,97 @@ class FakeStripe:
         obj = {"id": f"{prefix}_{next(self._ids):06d}", **obj, "livemode": False}
         account.objects[obj["id"]] = obj
         return obj
+
+    def _now(self) -> int:
+        return self.now if self.now is not None else int(time.time())
+
+    def _balance(
+        self,
+        account: Account,
+        kind: str,
+        amount: int,
+        currency: str,
+        source: str | None,
+        fee: int | None = None,
+        **more: Any,
+    ) -> dict[str, Any]:
+        if fee is None:
+            fee = amount * self.fee_per_mille // 1000 + self.fee_fixed if kind == "charge" else 0
+        return self._new(
+            account,
+            "txn",
+            {
+                "object": "balance_transaction",
+                "type": kind,
+                "amount": amount,
+                "fee": fee,
+                "net": amount - fee,
+                "currency": currency,
+                "created": self._now(),
+                "available_on": self._now() + 2 * 86_400,
+                "source": source,
+                "status": "pending",
+                "description": None,
+                **more,
+            },
+        )
+
+    def _charge(self, account: Account, intent: dict[str, Any]) -> None:
+        """A PaymentIntent succeeded: its charge, and the charge's balance transaction."""
+        if intent.get("latest_charge"):
+            return
+        charge = self._new(
+            account,
+            "ch",
+            {
+                "object": "charge",
+                "amount": intent["amount"],
+                "currency": intent["currency"],
+                "payment_intent": intent["id"],
+                "metadata": dict(intent.get("metadata") or {}),
+                "status": "succeeded",
+                "created": self._now(),
+            },
+        )
+        charge["balance_transaction"] = self._balance(
+            account, "charge", intent["amount"], intent["currency"], charge["id"]
+        )["id"]
+        intent["latest_charge"] = charge["id"]
+
+    def _list(self, account: Account, resource: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Stripe's list: newest first, filtered by created[gte|gt|lte|lt], type and payout,
+        paged by limit and starting_after; expand[]=data.source expands the sources."""
+        kind = {"balance_transactions": "balance_transaction", "payouts": "payout"}[resource]
+        found = [o for o in account.objects.values() if o["object"] == kind]
+        created = params.get("created") or {}
+        for bound, keep in (
+            ("gte", lambda c, b: c >= b),
+            ("gt", lambda c, b: c > b),
+            ("lte", lambda c, b: c <= b),
+            ("lt", lambda c, b: c < b),
+        ):
+            if bound in created:
+                found = [o for o in found if keep(o["created"], int(created[bound]))]
+        if "type" in params:
+            found = [o for o in found if o.get("type") == params["type"]]
+        if "payout" in params:
+            found = [o for o in found if account.paid_out.get(o["id"]) == params["payout"]]
+        found.sort(key=lambda o: (o["created"], o["id"]), reverse=True)
+        if "starting_after" in params:
+            ids = [o["id"] for o in found]
+            found = found[ids.index(params["starting_after"]) + 1 :]
+        limit = int(params.get("limit", 10))
+        page = [dict(o) for o in found[:limit]]
+        if "data.source" in (params.get("expand") or {}).values():
+            for obj in page:
+                if obj.get("source"):
+                    obj["source"] = dict(account.objects[obj["source"]])
+        return {
+            "object": "list",
+            "data": page,
+            "has_more": len(found) > limit,
+            "url": f"/v1/{resource}",
+        }
 
     def _customer(
         self, account: Account, params: dict[str, Any], failure: str | None
@@ -310,8 +455,11 @@ class FakeStripe:
                 "metadata": params.get("metadata", {}),
                 "status": "requires_payment_method" if declined else self.intent_status,
                 "last_payment_error": None,
+                "created": self._now(),
             },
         )
+        if intent["status"] == "succeeded":
+            self._charge(account, intent)
         if declined:
             intent["last_payment_error"] = {
                 "code": "card_declined",
@@ -363,7 +511,7 @@ class FakeStripe:
         if amount > intent["amount"] - refunded:
             return 400, _error_dict("invalid_request_error", "Refund exceeds the charge.")
         intent["amount_refunded"] = refunded + amount
-        return 200, self._new(
+        refund = self._new(
             account,
             "re",
             {
@@ -371,10 +519,15 @@ class FakeStripe:
                 "amount": amount,
                 "currency": intent["currency"],
                 "payment_intent": intent["id"],
+                "charge": intent.get("latest_charge"),
                 "metadata": params.get("metadata", {}),
                 "status": "succeeded",
             },
         )
+        refund["balance_transaction"] = self._balance(
+            account, "refund", -amount, intent["currency"], refund["id"]
+        )["id"]
+        return 200, refund
 
 
 def _parse_form(body: str) -> dict[str, Any]:

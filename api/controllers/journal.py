@@ -14,9 +14,10 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromQuery, QueryParameter
 
-from api.http import Output, PaginationMeta, decimal_string, meta, pagination
+from api.http import Output, PaginationMeta, decimal_string, iso, meta, pagination
 from api.problems import BadQueryError
 from application.journal import Journal, JournalRow, RowFilter
+from application.payments import Payments
 from domain.errors import InvalidValueError
 from domain.journal import CHART
 from domain.money import CURRENCY_EXPONENTS
@@ -279,6 +280,50 @@ class VatResponse(Output):
     vat: list[VatObject]
 
 
+class ProcessorItemObject(Output):
+    """A processor balance transaction matched (or not) to a recorded payment (ADR 0021)."""
+
+    payment_provider_code: str
+    result: str
+    difference: bool
+    transaction_id: str | None
+    kind: str | None
+    date: str | None
+    currency: str | None
+    processor_amount_cents: int | None
+    recorded_amount_cents: int | None
+    fee_amount_cents: int
+    lago_payment_id: UUID | None
+    lago_invoice_id: UUID | None
+    detail: str | None
+
+
+class ProcessorFeeObject(Output):
+    payment_provider_code: str
+    currency: str
+    fee_amount_cents: int
+
+
+class ProcessorPayoutObject(Output):
+    payment_provider_code: str
+    payout_id: str
+    amount_cents: int
+    currency: str
+    status: str
+    created_at: str
+    arrival_date: str | None
+
+
+class ProcessorReconciliationObject(Output):
+    items: list[ProcessorItemObject]
+    fees: list[ProcessorFeeObject]
+    payouts: list[ProcessorPayoutObject]
+
+
+class ProcessorReconciliationResponse(Output):
+    processor_reconciliation: ProcessorReconciliationObject
+
+
 REVENUE_FIELDS = {"customer": "external_customer_id"}
 
 
@@ -410,6 +455,75 @@ class ReportController(Controller):
         if _wants_csv(request, format):
             return _csv_objects(objects, VatObject)
         return Response(VatResponse(vat=objects))
+
+    @get(
+        "/processor_reconciliation",
+        operation_id="findProcessorReconciliation",
+        sync_to_thread=True,
+    )
+    def processor_reconciliation(
+        self,
+        request: Request[Any, Any, Any],
+        organization_id: NamedDependency[UUID],
+        date_from: FromParam = None,
+        to: FromQuery[str | None] = None,
+        format: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        """Tally extension: each payment processor's balance transactions from `from` to `to`
+        (both included) matched to the payments recorded through it: differences (unknown or
+        missing payments, other amounts, adjustments), the processor's fees and its payouts.
+        Bank transfers are matched from an imported statement (`tally reconcile --statement`).
+        As CSV: the items."""
+        start, end = _period(date_from, to)
+        payments: Payments = request.app.state.ledger.payments
+        report = payments.reconcile_processors(organization_id, start, end)
+        items = [
+            ProcessorItemObject(
+                payment_provider_code=item.connection_code,
+                result=item.result,
+                difference=item.is_difference,
+                transaction_id=item.transaction_id,
+                kind=item.kind,
+                date=item.on.isoformat() if item.on else None,
+                currency=item.currency,
+                processor_amount_cents=item.processor_cents,
+                recorded_amount_cents=item.recorded_cents,
+                fee_amount_cents=item.fee_cents,
+                lago_payment_id=item.payment_id,
+                lago_invoice_id=item.invoice_id,
+                detail=item.detail,
+            )
+            for item in report.items
+        ]
+        if _wants_csv(request, format):
+            return _csv_objects(items, ProcessorItemObject)
+        return Response(
+            ProcessorReconciliationResponse(
+                processor_reconciliation=ProcessorReconciliationObject(
+                    items=items,
+                    fees=[
+                        ProcessorFeeObject(
+                            payment_provider_code=code, currency=currency, fee_amount_cents=cents
+                        )
+                        for code, currency, cents in report.fees
+                    ],
+                    payouts=[
+                        ProcessorPayoutObject(
+                            payment_provider_code=code,
+                            payout_id=payout.payout_id,
+                            amount_cents=payout.amount_cents,
+                            currency=payout.currency,
+                            status=payout.status,
+                            created_at=iso(payout.created_at) or "",
+                            arrival_date=payout.arrival_on.isoformat()
+                            if payout.arrival_on
+                            else None,
+                        )
+                        for code, payout in report.payouts
+                    ],
+                )
+            )
+        )
 
 
 # Lago's analytics: plural roots, no meta (lago-api.md §2.16).

@@ -55,8 +55,15 @@ class PaymentObject(Output):
     payment_status: str
     type: str
     reference: str  # Required by Lago's client: "" when a processor payment has none.
-    external_payment_id: str | None
+    external_payment_id: str | None  # Deprecated by Lago for provider_payment_id.
     created_at: str
+    lago_payable_id: UUID
+    payable_type: str
+    status: str  # The processor's own status in Lago; Tally's normalized one here.
+    payment_provider_type: str | None
+    provider_payment_id: str | None
+    provider_customer_id: str | None
+    next_action: dict[str, Any]
     # Tally's additions.
     lago_customer_id: UUID
     external_customer_id: str
@@ -91,6 +98,13 @@ def payment_object(payment: Payment, invoice: Invoice) -> PaymentObject:
         reference=payment.reference or "",
         external_payment_id=payment.provider_payment_id,
         created_at=iso(payment.created_at) or "",
+        lago_payable_id=payment.invoice_id,
+        payable_type="Invoice",
+        status=payment.status,
+        payment_provider_type=payment.provider,
+        provider_payment_id=payment.provider_payment_id,
+        provider_customer_id=payment.provider_customer_id,
+        next_action={},  # Off-session payments never wait for the customer.
         lago_customer_id=payment.customer_id,
         external_customer_id=payment.external_customer_id,
         payment_provider=payment.provider,

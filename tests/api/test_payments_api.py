@@ -285,3 +285,132 @@ def test_bank_transfers_are_reconciled_from_a_statement(
     ]
     paid = client.get(f"/api/v1/invoices/{invoice_id}", headers=tenant.headers).json()
     assert paid["invoice"]["payment_status"] == "succeeded"
+
+
+def test_the_invoice_shows_partial_payments_and_goes_overdue_after_its_due_date(
+    client: Client, tenant: Tenant, ledger: Ledger
+) -> None:
+    invoice_id = invoice(ledger, tenant, code=None)  # 30.00 EUR, due March 1.
+
+    def shown() -> dict[str, Any]:
+        response = client.get(f"/api/v1/invoices/{invoice_id}", headers=tenant.headers)
+        body: dict[str, Any] = response.json()["invoice"]
+        return {
+            name: body[name]
+            for name in (
+                "payment_status",
+                "payment_overdue",
+                "total_paid_amount_cents",
+                "total_due_amount_cents",
+            )
+        }
+
+    body = {"invoice_id": str(invoice_id), "amount_cents": 1200, "reference": "wire 1"}
+    paid = client.post("/api/v1/payments", json={"payment": body}, headers=tenant.headers)
+    assert paid.status_code == 200, paid.text
+    assert shown() == {
+        "payment_status": "pending",
+        "payment_overdue": False,
+        "total_paid_amount_cents": 1200,
+        "total_due_amount_cents": 1800,
+    }
+    # Dunning on the due date marks nothing; the day after, the invoice is overdue.
+    ledger.payments.dunning(datetime(2026, 3, 1, 23, tzinfo=UTC))
+    assert shown()["payment_overdue"] is False
+    ledger.payments.dunning(datetime(2026, 3, 2, 1, tzinfo=UTC))
+    assert shown()["payment_overdue"] is True
+    listed = client.get("/api/v1/invoices", headers=tenant.headers).json()["invoices"]
+    assert [(i["payment_overdue"], i["total_due_amount_cents"]) for i in listed] == [(True, 1800)]
+    body = {"invoice_id": str(invoice_id), "amount_cents": 1800, "reference": "wire 2"}
+    paid = client.post("/api/v1/payments", json={"payment": body}, headers=tenant.headers)
+    assert paid.status_code == 200, paid.text
+    assert shown() == {
+        "payment_status": "succeeded",
+        "payment_overdue": False,
+        "total_paid_amount_cents": 3000,
+        "total_due_amount_cents": 0,
+    }
+    listed = client.get(f"/api/v1/payments?invoice_id={invoice_id}", headers=tenant.headers).json()[
+        "payments"
+    ]
+    assert [
+        (p["amount_cents"], p["lago_payable_id"], p["payable_type"], p["status"], p["next_action"])
+        for p in listed
+    ] == [
+        (1800, str(invoice_id), "Invoice", "succeeded", {}),
+        (1200, str(invoice_id), "Invoice", "succeeded", {}),
+    ]
+    assert {(p["provider_payment_id"], p["payment_provider_type"]) for p in listed} == {
+        (None, None)
+    }
+
+
+def test_the_processor_reconciliation_report_matches_charges_to_payments(
+    client: Client, tenant: Tenant, ledger: Ledger, fake: FakeStripe
+) -> None:
+    connect(client, tenant, "eu", EU_KEY, EU_HOOK)
+    fake.now = int(MARCH_1.timestamp()) + 60
+    invoice_id = invoice(ledger, tenant, "eu")
+    ledger.payments.collect(MARCH_1)
+    [intent] = fake.payment_intents(EU_KEY)
+    fake.now += 86_400
+    payout = fake.pay_out(EU_KEY)
+    stray = fake.add_balance_transaction(EU_KEY, "charge", 700)
+    url = "/api/v1/reports/processor_reconciliation?from=2026-03-01&to=2026-03-31"
+    response = client.get(url, headers=tenant.headers)
+    assert response.status_code == 200, response.text
+    [payment] = ledger.payments.invoice_payments(tenant.organization_id, invoice_id)
+    assert response.json()["processor_reconciliation"] == {
+        "items": [
+            {
+                "payment_provider_code": "eu",
+                "result": "matched",
+                "difference": False,
+                "transaction_id": fake.objects(EU_KEY, "charge")[0]["balance_transaction"],
+                "kind": "charge",
+                "date": "2026-03-01",
+                "currency": "EUR",
+                "processor_amount_cents": 3000,
+                "recorded_amount_cents": 3000,
+                "fee_amount_cents": 67,
+                "lago_payment_id": str(payment.id),
+                "lago_invoice_id": str(invoice_id),
+                "detail": None,
+            },
+            {
+                "payment_provider_code": "eu",
+                "result": "unknown_payment",
+                "difference": True,
+                "transaction_id": stray["id"],
+                "kind": "charge",
+                "date": "2026-03-02",
+                "currency": "EUR",
+                "processor_amount_cents": 700,
+                "recorded_amount_cents": None,
+                "fee_amount_cents": 34,
+                "lago_payment_id": None,
+                "lago_invoice_id": None,
+                "detail": None,
+            },
+        ],
+        "fees": [{"payment_provider_code": "eu", "currency": "EUR", "fee_amount_cents": 101}],
+        "payouts": [
+            {
+                "payment_provider_code": "eu",
+                "payout_id": payout["id"],
+                "amount_cents": 2933,
+                "currency": "EUR",
+                "status": "paid",
+                "created_at": "2026-03-02T00:01:00Z",
+                "arrival_date": "2026-03-04",
+            }
+        ],
+    }
+    assert intent["status"] == "succeeded"
+    as_csv = client.get(url + "&format=csv", headers=tenant.headers)
+    assert as_csv.text.splitlines()[0].startswith("payment_provider_code,result,difference")
+    assert len(as_csv.text.splitlines()) == 3
+    missing = client.get(
+        "/api/v1/reports/processor_reconciliation?from=2026-03-01", headers=tenant.headers
+    )
+    assert missing.json()["error_details"] == {"to": ["value_is_mandatory"]}

@@ -5,7 +5,7 @@ paid top-ups, bank transfers."""
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -16,9 +16,11 @@ from adapters.bank_transfer import BankTransferProvider
 from adapters.settings import memory_settings
 from adapters.stores import Ledger, open_ledger
 from application.payments import (
+    BalanceTransaction,
     PaymentProvider,
     PaymentRequest,
     PaymentResult,
+    Payout,
     ProviderCustomer,
     ProviderEvent,
     ProviderUnavailableError,
@@ -49,6 +51,8 @@ class FakeProcessors:
     payment_method: str | None = "pm_card"
     defaults: dict[str, str] = field(default_factory=dict)
     broken_reads: int = 0
+    balance: list[BalanceTransaction] = field(default_factory=list)  # The processor's history.
+    payouts: list[Payout] = field(default_factory=list)
 
     def open(self, provider: str, secrets: Mapping[str, str]) -> PaymentProvider:
         if provider == "bank_transfer":
@@ -103,6 +107,17 @@ class FakeProcessor:
         if signature != self.secrets["webhook_secret"]:
             raise WebhookSignatureError("bad signature")
         return self._event(payload)
+
+    def balance_transactions(
+        self, created_from: datetime, created_to: datetime
+    ) -> list[BalanceTransaction]:
+        if self.world.outages > 0:
+            self.world.outages -= 1
+            raise ProviderUnavailableError("timed out")
+        return [t for t in self.world.balance if created_from <= t.created_at < created_to]
+
+    def payouts(self, created_from: datetime, created_to: datetime) -> list[Payout]:
+        return [p for p in self.world.payouts if created_from <= p.created_at < created_to]
 
     def read_event(self, payload: bytes) -> ProviderEvent:
         if self.world.broken_reads > 0:
@@ -527,3 +542,88 @@ def test_payments_are_numbered_per_invoice(ledger: Ledger, org: UUID) -> None:
     two = ledger.payments.create_manual_payment(org, invoice.id, 100, "b", None)
     assert (one.number, two.number) == (1, 2)
     assert one.id == Payment.create_id(invoice.id, "manual", 1)
+
+
+def charge(pi: str, cents: int, at: datetime, **more: Any) -> BalanceTransaction:
+    fee = cents * 14 // 1000 + 25
+    values: dict[str, Any] = {"provider_payment_id": pi, **more}
+    return BalanceTransaction(f"txn_{pi}_{cents}", "charge", cents, fee, cents - fee, "EUR", at,
+                              **values)  # fmt: skip
+
+
+def test_processor_transactions_are_matched_to_recorded_payments(
+    ledger: Ledger, org: UUID, processors: FakeProcessors
+) -> None:
+    customer(ledger, org)
+    invoice = invoice_of_march(ledger, org)
+    [payment] = ledger.payments.collect(MARCH_1)
+    assert (payment.status, payment.provider_payment_id) == ("succeeded", "pi_1")
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    processors.balance = [
+        charge("pi_0", 999, datetime(2026, 2, 20, tzinfo=UTC)),  # Before the period: unseen.
+        charge("pi_1", 3000, MARCH_1 + timedelta(seconds=5)),
+        charge("pi_9", 500, day),  # Nobody's.
+        BalanceTransaction("txn_adj", "adjustment", -100, 0, -100, "EUR", day),
+        BalanceTransaction("txn_po", "payout", -2_833, 0, -2_833, "EUR", day, payout_id="po_1"),
+    ]
+    processors.payouts = [Payout("po_1", 2_833, "EUR", "paid", day, day.date())]
+    report = ledger.payments.reconcile_processors(org, date(2026, 3, 1), date(2026, 3, 31))
+    items = report.items
+    found = [(i.result, i.transaction_id, i.processor_cents, i.recorded_cents) for i in items]
+    assert found == [
+        ("matched", "txn_pi_1_3000", 3000, 3000),
+        ("unknown_payment", "txn_pi_9_500", 500, None),
+        ("other", "txn_adj", -100, None),
+    ]  # fmt: skip
+    assert report.items[0].invoice_id == invoice.id
+    assert [i.result for i in report.differences] == ["unknown_payment", "other"]
+    assert report.fees == (("eu", "EUR", 67 + 32),)
+    assert [(code, p.payout_id) for code, p in report.payouts] == [("eu", "po_1")]
+    # A charge of another amount is a difference; a payment with no charge at all too.
+    processors.balance = [charge("pi_1", 2_999, MARCH_1)]
+    [mismatch] = ledger.payments.reconcile_processors(
+        org, date(2026, 3, 1), date(2026, 3, 31)
+    ).items
+    assert (mismatch.result, mismatch.processor_cents, mismatch.recorded_cents) == (
+        "amount_mismatch", 2_999, 3_000,
+    )  # fmt: skip
+    again = BalanceTransaction("txn_again", "charge", 3000, 67, 2933, "EUR", day, "pi_1")
+    processors.balance = [charge("pi_1", 3000, MARCH_1), again]
+    report = ledger.payments.reconcile_processors(org, date(2026, 3, 1), date(2026, 3, 31))
+    assert [(i.result, i.transaction_id) for i in report.items] == [
+        ("matched", "txn_pi_1_3000"),
+        ("duplicate", "txn_again"),  # The customer paid twice.
+    ]
+    processors.balance = []
+    [missing] = ledger.payments.reconcile_processors(
+        None, date(2026, 3, 1), date(2026, 3, 31)
+    ).items
+    assert (missing.result, missing.payment_id, missing.detail) == (
+        "missing_at_processor", payment.id, "pi_1",
+    )  # fmt: skip
+    # The processor cannot be asked: said so, not taken for "nothing happened".
+    processors.outages = 1
+    [down] = ledger.payments.reconcile_processors(org, date(2026, 3, 1), date(2026, 3, 31)).items
+    assert down.result == "processor_unavailable" and down.is_difference
+
+
+def test_a_bank_statement_is_matched_like_processor_transactions(ledger: Ledger, org: UUID) -> None:
+    ledger.payments.create_connection(org, "bank", "bank_transfer", {}, {})
+    ledger.billing.upsert_customer(
+        org,
+        "acme",
+        {"currency": "EUR", "billing_configuration": {"payment_provider": "bank_transfer"}},
+    )
+    invoice_of_march(ledger, org)
+    [payment] = ledger.payments.collect(MARCH_1)
+    assert payment.reference is not None
+    received = datetime(2026, 3, 6, tzinfo=UTC)
+    statement = {"bank": [TransferReceived(payment.reference.lower(), 3000, "EUR", received)]}
+    march = (date(2026, 3, 1), date(2026, 3, 31))
+    # Without a statement a bank has nothing to say.
+    assert ledger.payments.reconcile_processors(org, *march).items == ()
+    [unpaid] = ledger.payments.reconcile_processors(org, *march, statement).items
+    assert (unpaid.result, unpaid.payment_id) == ("not_recorded_as_paid", payment.id)
+    ledger.payments.reconcile_transfers(org, statement["bank"])
+    [matched] = ledger.payments.reconcile_processors(org, *march, statement).items
+    assert (matched.result, matched.fee_cents, matched.is_difference) == ("matched", 0, False)

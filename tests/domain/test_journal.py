@@ -11,6 +11,7 @@ from domain.credit_note import CreditNote
 from domain.invoice import Invoice
 from domain.invoicing import FeeLine
 from domain.journal import Entry, Posting
+from domain.payment import Payment
 from domain.wallet import Wallet
 from tests.builders import ORG_ID
 
@@ -388,3 +389,52 @@ def test_the_chart_names_every_account_the_rules_use() -> None:
     }
     assert journal.CHART["6100"].normal_side == "debit"
     assert journal.CHART["2300"].normal_side == "credit"
+
+
+def manual_payment(invoice: Invoice, amount_cents: int, paid_at: datetime) -> Payment:
+    payment = Payment.manual(
+        organization_id=ORG_ID,
+        invoice_id=invoice.id,
+        customer_id=CUSTOMER_ID,
+        external_customer_id="cus_1",
+        number=1,
+        amount_cents=amount_cents,
+        currency="EUR",
+        reference="wire",
+        paid_at=paid_at,
+        now=datetime(2026, 4, 20, tzinfo=UTC),
+    )
+    payment.collect_events()
+    return payment
+
+
+def test_a_payment_posts_its_own_amount_on_the_day_it_was_paid() -> None:
+    invoice = finalized([TOKENS_IN])
+    payment = manual_payment(invoice, 5_000, datetime(2026, 4, 12, 23, 30, tzinfo=UTC))
+    posting = journal.payment_received(payment, invoice)
+    assert lines(posting) == [("1200", 5_000, 0), ("1100", 0, 5_000)]
+    assert (posting.kind, posting.posted_on) == ("payment_received", date(2026, 4, 12))
+    assert posting.transaction_id == f"{payment.id}:{payment.version}"
+    assert {e.invoice_id for e in posting.entries} == {invoice.id}
+
+
+def test_marking_paid_posts_only_what_the_payments_left_and_unmarking_only_that() -> None:
+    invoice = finalized([TOKENS_IN])
+    invoice.set_payment_status("succeeded")
+    paid = journal.payment_status_changed(
+        invoice, "pending", date(2026, 4, 13), payments_cents=5_000
+    )
+    assert lines(paid) == [("1200", 7_000, 0), ("1100", 0, 7_000)]
+    covered = journal.payment_status_changed(
+        invoice, "pending", date(2026, 4, 13), payments_cents=12_000
+    )
+    assert covered is None  # The payments' own postings hold all the cash.
+    invoice.set_payment_status("failed")
+    reversed_ = journal.payment_status_changed(
+        invoice, "succeeded", date(2026, 4, 14), payments_cents=5_000, marked_cents=7_000
+    )
+    assert lines(reversed_) == [("1100", 7_000, 0), ("1200", 0, 7_000)]
+    nothing_marked = journal.payment_status_changed(
+        invoice, "succeeded", date(2026, 4, 14), payments_cents=12_000, marked_cents=0
+    )
+    assert nothing_marked is None

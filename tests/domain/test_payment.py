@@ -12,9 +12,11 @@ from domain.payment import (
     PaymentConnection,
     PaymentNotRefundableError,
     bank_reference,
+    invoice_payment_state,
     parse_retry_schedule,
 )
 from tests.builders import ORG_ID
+from tests.domain.test_journal import TOKENS_IN, finalized
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 INVOICE_ID = UUID("00000000-0000-4000-8000-0000000000a1")
@@ -207,3 +209,41 @@ def test_a_connection_records_settings_but_no_secrets() -> None:
     assert secret.value.reason == "unsupported_field"
     with pytest.raises(InvalidValueError):
         PaymentConnection.create(ORG_ID, "us", "paypal", {})
+
+
+def test_an_invoices_payment_state_counts_partial_payments_and_the_overdue_mark() -> None:
+    invoice = finalized([TOKENS_IN])  # 120.00 EUR with VAT.
+    collection = Collection.start(ORG_ID, invoice.id)
+    partial = Payment.manual(
+        organization_id=ORG_ID,
+        invoice_id=invoice.id,
+        customer_id=invoice.customer_id,
+        external_customer_id="cus_1",
+        number=1,
+        amount_cents=2_000,
+        currency="EUR",
+        reference="wire",
+        paid_at=NOW,
+        now=NOW,
+    )
+    failed = attempt()
+    failed.fail("card_declined", None, NOW)
+    state = invoice_payment_state(invoice, collection, [partial, failed])
+    assert (state.total_paid_amount_cents, state.total_due_amount_cents) == (2_000, 10_000)
+    assert state.payment_overdue is False
+    collection.mark_overdue(NOW)
+    assert invoice_payment_state(invoice, collection, [partial]).payment_overdue is True
+    invoice.set_payment_status("succeeded")
+    state = invoice_payment_state(invoice, collection, [partial])
+    assert (state.total_paid_amount_cents, state.total_due_amount_cents) == (12_000, 0)
+    assert state.payment_overdue is False
+
+
+def test_a_lost_dispute_shows_on_the_invoice_when_it_was_lost() -> None:
+    invoice = finalized([TOKENS_IN])
+    payment = paid(12_000)
+    assert invoice_payment_state(invoice, None, [payment]).payment_dispute_lost_at is None
+    lost_at = NOW + timedelta(days=20)
+    payment.close_dispute("lost", lost_at)
+    state = invoice_payment_state(invoice, None, [payment])
+    assert (state.payment_dispute_lost_at, state.total_paid_amount_cents) == (lost_at, 12_000)

@@ -286,3 +286,64 @@ def test_the_export_writes_accounting_columns_in_major_units(
     credit = sum(Decimal(line[2]) for line in lines[1:])
     assert debit == credit > 0
     assert capsys.readouterr().out.strip() == f"Wrote {len(lines) - 1} journal lines to {target}."
+
+
+def test_each_payment_posts_its_own_amount_on_the_day_it_was_recorded(
+    store_ledger: Ledger,
+) -> None:
+    org, invoices = seed(store_ledger)
+    de = invoices["fr_co"]  # 42.00 EUR less 10.00 of granted credits.
+    due = de.total_due_amount_cents
+    assert due > 1_000
+    # Given a partial manual payment recorded April 12, the rest April 20
+    at(store_ledger, datetime(2026, 4, 12, 15, tzinfo=UTC))
+    store_ledger.payments.create_manual_payment(org, de.id, 1_000, "wire 1", None)
+    at(store_ledger, datetime(2026, 4, 20, 9, tzinfo=UTC))
+    store_ledger.payments.create_manual_payment(org, de.id, due - 1_000, "wire 2", None)
+    assert store_ledger.invoicing.invoice(org, de.id).payment_status == "succeeded"
+    # Then the journal has one cash posting per payment, dated when each was recorded
+    cash = store_ledger.journal.rows(
+        RowFilter(organization_id=org, invoice_id=de.id, accounts=("1200",))
+    )
+    assert [(r.kind, r.posted_on, r.debit_cents) for r in cash] == [
+        ("payment_received", date(2026, 4, 12), 1_000),
+        ("payment_received", date(2026, 4, 20), due - 1_000),
+    ]
+    # The invoice's status change to succeeded posts nothing more: the payments covered it.
+    ageing_mid = store_ledger.journal.receivables_ageing(org, date(2026, 4, 15), "invoice")
+    [line] = [a for a in ageing_mid if a.key == de.number]
+    assert line.total_cents == due - 1_000
+    assert store_ledger.journal.trial_balance(org, date(2026, 4, 30)).balanced
+    assert store_ledger.journal.reconcile(*APRIL) == []
+    # A rebuild posts the same rows.
+    before = [(r.transaction_id, r.posted_on, r.debit_cents) for r in cash]
+    store_ledger.journal.rebuild()
+    again = store_ledger.journal.rows(
+        RowFilter(organization_id=org, invoice_id=de.id, accounts=("1200",))
+    )
+    assert [(r.transaction_id, r.posted_on, r.debit_cents) for r in again] == before
+
+
+def test_marking_paid_posts_only_what_payments_left_and_unmarking_takes_back_only_that(
+    store_ledger: Ledger,
+) -> None:
+    org, invoices = seed(store_ledger)
+    fr = invoices["fr_co"]
+    at(store_ledger, datetime(2026, 4, 11, tzinfo=UTC))
+    due = store_ledger.invoicing.invoice(org, fr.id).total_due_amount_cents
+    store_ledger.payments.create_manual_payment(org, fr.id, 700, "cheque", None)
+    at(store_ledger, datetime(2026, 4, 13, tzinfo=UTC))
+    store_ledger.invoicing.set_payment_status(org, fr.id, "succeeded")
+    at(store_ledger, datetime(2026, 4, 14, tzinfo=UTC))
+    store_ledger.invoicing.set_payment_status(org, fr.id, "failed")
+    cash = store_ledger.journal.rows(
+        RowFilter(organization_id=org, invoice_id=fr.id, accounts=("1200",))
+    )
+    # (A status change carries no business date: it posts on the day the event was stored.)
+    assert [(r.kind, r.balance_cents) for r in cash] == [
+        ("payment_received", 700),
+        ("payment_received", due - 700),
+        ("payment_reversed", -(due - 700)),
+    ]
+    assert cash[0].posted_on == date(2026, 4, 11)
+    assert store_ledger.journal.reconcile(*APRIL) == []

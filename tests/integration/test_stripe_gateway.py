@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from uuid import UUID, uuid4
 
 import pytest
@@ -206,3 +207,64 @@ def test_conversions_round_trip_for_every_stripe_decimal_rule() -> None:
     assert to_stripe_amount(500, "ISK") == 50_000
     assert from_stripe_amount(50_000, "ISK") == 500
     assert to_stripe_amount(20_000, "HUF") == 20_000  # Two decimals for charges.
+
+
+def test_balance_transactions_name_the_payment_and_its_fee_and_payouts_are_listed(
+    fake: FakeStripe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("adapters.stripe_gateway.LIST_PAGE_SIZE", 2)  # Paging, through the SDK.
+    eu = gateway(fake)
+    customer, method = new_customer(eu)
+    fake.now = int(datetime(2026, 3, 5, 10, tzinfo=UTC).timestamp())
+    paid = eu.create_payment(request(customer, method, amount_cents=10_000, key="a1"))
+    assert paid.provider_payment_id is not None
+    fake.now += 3_600
+    eu.create_payment(request(customer, method, amount_cents=500, key="a2"))
+    fake.now += 3_600
+    refund = eu.refund(
+        RefundRequest("r1", UUID(int=1), UUID(int=3), paid.provider_payment_id, 2_500, "EUR")
+    )
+    fake.now += 3_600
+    payout = fake.pay_out(EU_KEY)
+    fake.now = int(datetime(2026, 4, 2, tzinfo=UTC).timestamp())
+    fake.add_balance_transaction(EU_KEY, "adjustment", -100)  # Outside the window below.
+    found = eu.balance_transactions(
+        datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+    )
+    assert [(t.kind, t.amount_cents, t.fee_cents, t.net_cents) for t in found] == [
+        ("charge", 10_000, 165, 9_835),  # 1.4 % + 0.25
+        ("charge", 500, 32, 468),
+        ("refund", -2_500, 0, -2_500),
+        ("payout", -7_803, 0, -7_803),
+    ]
+    charge = found[0]
+    assert (charge.provider_payment_id, charge.payment_id, charge.currency) == (
+        paid.provider_payment_id,
+        UUID(int=1),
+        "EUR",
+    )
+    assert charge.created_at == datetime(2026, 3, 5, 10, tzinfo=UTC)
+    assert (found[2].provider_refund_id, found[2].provider_payment_id) == (
+        refund.provider_refund_id,
+        paid.provider_payment_id,
+    )
+    assert found[3].payout_id == payout["id"]
+    lists = fake.recorded("/v1/balance_transactions")
+    assert len(lists) == 2  # Two pages of two.
+    assert lists[0].params["created"] == {
+        "gte": str(int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())),
+        "lt": str(int(datetime(2026, 4, 1, tzinfo=UTC).timestamp())),
+    }
+    [listed] = eu.payouts(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
+    assert (listed.payout_id, listed.amount_cents, listed.currency, listed.arrival_on) == (
+        payout["id"],
+        7_803,
+        "EUR",
+        date(2026, 3, 7),
+    )
+    assert (
+        gateway(fake, US_KEY).balance_transactions(
+            datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC)
+        )
+        == []
+    )

@@ -15,7 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from adapters.settings import memory_settings
 from adapters.stores import Ledger, open_ledger
-from application.journal import RowFilter
+from application.journal import RowFilter, paid_by_payments_cents
 from application.wallets import TopUpValues, WalletValues
 from domain import journal
 from domain.credit_note import CreditNote
@@ -134,6 +134,26 @@ class JournalMachine(RuleBasedStateMachine):
         if invoice is not None:
             self._tick()
             self.ledger.invoicing.set_payment_status(self.org, invoice.id, "succeeded")
+
+    @rule(index=INDEX, cents=CENTS)
+    def pay_partly(self, index: int, cents: int) -> None:
+        """A manual payment (Lago's POST /payments) of part or all of what is left due."""
+        unpaid = [
+            i
+            for i in self._invoices()
+            if i.status == "finalized" and i.payment_status != "succeeded"
+        ]
+        invoice = self._pick(unpaid, index)
+        if invoice is None:
+            return
+        left = invoice.total_due_amount_cents - paid_by_payments_cents(
+            self.ledger.billing, invoice.id
+        )
+        if left > 0:
+            self._tick()
+            self.ledger.payments.create_manual_payment(
+                self.org, invoice.id, min(cents, left), "wire", None
+            )
 
     @rule(index=INDEX)
     def payment_reversed(self, index: int) -> None:
@@ -285,17 +305,32 @@ class JournalMachine(RuleBasedStateMachine):
             own = [n for n in notes if n.invoice_id == invoice.id]
             totals = invoice.totals
             offsets = invoice.total_offsetted_credit_note_amount_cents
+            # Recorded payments bring their own amounts; marking paid brings what they left.
+            payments = paid_by_payments_cents(self.ledger.billing, invoice.id)
+            cash_in = payments
             if invoice.payment_status == "succeeded":
-                expected[journal.CASH] += totals.total_amount_cents - offsets
+                cash_in = max(payments, totals.total_amount_cents - offsets)
+            expected[journal.CASH] += cash_in
             if invoice.status == "voided":
                 assert invoice.payment_status != "succeeded", invoice.id
+                # A void gives the wallets their credits back (§8.8, ADR 0020).
+                recredited = sum(
+                    t.amount_cents
+                    for wallet in wallets
+                    for t in wallet.entries()
+                    if t.kind == "recredited" and t.invoice_id == invoice.id
+                )
                 expected[journal.RECEIVABLES] += (
                     sum(n.credit_amount_cents + n.refund_amount_cents for n in own)
                     - totals.credit_notes_amount_cents
                     - totals.prepaid_credit_amount_cents
+                    + recredited
+                    - payments
                 )
                 continue
-            expected[journal.RECEIVABLES] += invoice.total_due_amount_cents
+            expected[journal.RECEIVABLES] += invoice.total_due_amount_cents - (
+                0 if invoice.payment_status == "succeeded" else payments
+            )
             if invoice.invoice_type == "credit":
                 continue
             credited = sum(invoice.credited_fee_cents.values())
