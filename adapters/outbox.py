@@ -20,6 +20,8 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 from psycopg.sql import SQL, Composable, Identifier
 
+from adapters.data_keys import PostgresDataKeys, SQLiteDataKeys, seal_json, unseal_json
+from application.personal_data import PersonalDataKeys
 from application.webhooks import (
     MESSAGE_STATUSES,
     OutboxView,
@@ -266,7 +268,27 @@ def _sqlite_value(value: Any) -> Any:
     return value
 
 
+def _sealed(keys: PersonalDataKeys, message: WebhookMessage) -> WebhookMessage:
+    """The message as stored: its customers' personal values sealed with their keys, so that
+    erasing a customer reaches a message not yet delivered (ADR 0023)."""
+    payload = seal_json(keys, message.payload.encode())
+    return replace(message, payload=payload.decode())
+
+
+def _unsealed(keys: PersonalDataKeys, message: WebhookMessage) -> WebhookMessage:
+    """The message as delivered and shown: clear values, or ERASED once the key is gone."""
+    payload = unseal_json(keys, message.payload.encode())
+    return replace(message, payload=payload.decode())
+
+
 class SQLiteOutbox(SQLiteTrackingRecorder, OutboxView):
+    def __init__(self, datastore: SQLiteDatastore, **kwargs: Any) -> None:
+        super().__init__(datastore, **kwargs)
+        self.data_keys = SQLiteDataKeys(datastore)  # Customers' keys seal payloads (ADR 0023).
+
+    def _message(self, row: Mapping[str, Any]) -> WebhookMessage:
+        return _unsealed(self.data_keys, _message(row, datetime.fromisoformat))
+
     def construct_create_table_statements(self) -> list[str]:
         return [
             *super().construct_create_table_statements(),
@@ -342,6 +364,7 @@ class SQLiteOutbox(SQLiteTrackingRecorder, OutboxView):
         cancel: Sequence[tuple[UUID, str]],
         tracking: Tracking,
     ) -> None:
+        messages = [_sealed(self.data_keys, m) for m in messages]  # Before the transaction.
         with self.datastore.transaction(commit=True) as c:
             for object_id, webhook_type in cancel:
                 c.execute(
@@ -372,7 +395,8 @@ class SQLiteOutbox(SQLiteTrackingRecorder, OutboxView):
                 "RETURNING *",
                 (_ts(lease_until), token, _ts(now), _ts(now), limit),
             )
-            claimed = [_message(row, datetime.fromisoformat) for row in c.fetchall()]
+            rows = c.fetchall()
+        claimed = [self._message(row) for row in rows]  # Reads keys: after the transaction.
         claimed.sort(key=lambda m: (m.next_attempt_at, m.position, m.ordinal))
         return claimed
 
@@ -396,7 +420,7 @@ class SQLiteOutbox(SQLiteTrackingRecorder, OutboxView):
                 (str(message_id), str(organization_id)),
             )
             row = c.fetchone()
-        return None if row is None else _message(row, datetime.fromisoformat)
+        return None if row is None else self._message(row)
 
     def page(
         self, organization_id: UUID, statuses: Sequence[str], page: int, per_page: int
@@ -414,7 +438,8 @@ class SQLiteOutbox(SQLiteTrackingRecorder, OutboxView):
                 "ORDER BY notification_id DESC, ordinal DESC, id DESC LIMIT ? OFFSET ?",
                 [*params, per_page, (page - 1) * per_page],
             )
-            return [_message(row, datetime.fromisoformat) for row in c.fetchall()], total
+            rows = c.fetchall()
+        return [self._message(row) for row in rows], total
 
     def retry(self, organization_id: UUID, message_id: UUID, now: datetime) -> bool:
         with self.datastore.transaction(commit=True) as c:
@@ -437,6 +462,7 @@ def _pg_instant(value: datetime) -> datetime:
 class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
     def __init__(self, datastore: PostgresDatastore, **kwargs: Any) -> None:
         super().__init__(datastore, **kwargs)
+        self.data_keys = PostgresDataKeys(datastore)  # Customers' keys seal payloads (ADR 0023).
         schema = Identifier(self.datastore.schema)
         self.routes_table = SQL("{0}.webhook_routes").format(schema)
         self.messages_table = SQL("{0}.webhook_messages").format(schema)
@@ -479,6 +505,9 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
                 ).format(self.messages_table),
             ]
         )
+
+    def _message(self, row: Mapping[str, Any]) -> WebhookMessage:
+        return _unsealed(self.data_keys, _message(row, _pg_instant))
 
     def put_route(self, route: Route, tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
@@ -542,6 +571,7 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
         cancel: Sequence[tuple[UUID, str]],
         tracking: Tracking,
     ) -> None:
+        messages = [_sealed(self.data_keys, m) for m in messages]  # Before the transaction.
         with self.datastore.transaction(commit=True) as curs:
             for object_id, webhook_type in cancel:
                 curs.execute(
@@ -577,7 +607,8 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
                 ).format(self.messages_table),
                 (lease_until, token, now, now, limit),
             )
-            claimed = [_message(row, _pg_instant) for row in curs.fetchall()]
+            rows = curs.fetchall()
+        claimed = [self._message(row) for row in rows]  # Reads keys: after the transaction.
         claimed.sort(key=lambda m: (m.next_attempt_at, m.position, m.ordinal))
         return claimed
 
@@ -608,7 +639,7 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
                 (message_id, organization_id),
             )
             row = curs.fetchone()
-        return None if row is None else _message(row, _pg_instant)
+        return None if row is None else self._message(row)
 
     def page(
         self, organization_id: UUID, statuses: Sequence[str], page: int, per_page: int
@@ -633,7 +664,8 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
                 ).format(self.messages_table, where),
                 [*params, per_page, (page - 1) * per_page],
             )
-            return [_message(row, _pg_instant) for row in curs.fetchall()], total
+            rows = curs.fetchall()
+        return [self._message(row) for row in rows], total
 
     def retry(self, organization_id: UUID, message_id: UUID, now: datetime) -> bool:
         with self.datastore.transaction(commit=True) as curs:
@@ -651,16 +683,40 @@ class PostgresOutbox(PostgresTrackingRecorder, OutboxView):
 # The RSA private key that signs the JWTs: one per store, never in an event.
 
 
+# A rotation (ADR 0022) replaces it and keeps only the public half of the one it retires.
+RetiredKey = tuple[str, datetime, datetime]  # (public key PEM, created_at, retired_at)
+
+
 class MemorySigningKeyStore:
     def __init__(self) -> None:
         self._pem: str | None = None
         self._lock = threading.Lock()
+        self._created_at = datetime.now(UTC)
+        self._retired: list[RetiredKey] = []
 
     def private_key_pem(self, generate: Callable[[], str]) -> str:
         with self._lock:
             if self._pem is None:
                 self._pem = generate()
+                self._created_at = datetime.now(UTC)
             return self._pem
+
+    def rotate(self, old_pem: str, old_public_pem: str, new_pem: str, now: datetime) -> bool:
+        """Replace old_pem by new_pem, if old_pem is still the current key."""
+        with self._lock:
+            if self._pem != old_pem:
+                return False
+            self._retired.append((old_public_pem, self._created_at, now))
+            self._pem, self._created_at = new_pem, now
+            return True
+
+    def created_at(self) -> datetime:
+        return self._created_at
+
+    def retired(self) -> list[RetiredKey]:
+        """Retired public keys, newest first."""
+        with self._lock:
+            return sorted(self._retired, key=lambda key: key[2], reverse=True)
 
 
 class SQLiteSigningKeyStore:
@@ -671,6 +727,11 @@ class SQLiteSigningKeyStore:
                 "CREATE TABLE IF NOT EXISTS webhook_signing_keys ("
                 "id INTEGER PRIMARY KEY CHECK (id = 1), private_key_pem TEXT NOT NULL, "
                 "created_at TEXT NOT NULL)"
+            )
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS webhook_retired_signing_keys ("
+                "public_key_pem TEXT PRIMARY KEY, created_at TEXT NOT NULL, "
+                "retired_at TEXT NOT NULL)"
             )
 
     def private_key_pem(self, generate: Callable[[], str]) -> str:
@@ -692,17 +753,62 @@ class SQLiteSigningKeyStore:
             row = c.fetchone()
         return None if row is None else str(row[0])
 
+    def rotate(self, old_pem: str, old_public_pem: str, new_pem: str, now: datetime) -> bool:
+        """Replace old_pem by new_pem, if old_pem is still the current key; one transaction."""
+        with self.datastore.transaction(commit=True) as c:
+            c.execute("SELECT created_at FROM webhook_signing_keys WHERE id = 1")
+            row = c.fetchone()
+            c.execute(
+                "UPDATE webhook_signing_keys SET private_key_pem = ?, created_at = ? "
+                "WHERE id = 1 AND private_key_pem = ?",
+                (new_pem, _ts(now), old_pem),
+            )
+            c.execute("SELECT changes()")
+            if row is None or c.fetchone()[0] != 1:
+                return False
+            c.execute(
+                "INSERT INTO webhook_retired_signing_keys VALUES (?, ?, ?)",
+                (old_public_pem, row[0], _ts(now)),
+            )
+        return True
+
+    def created_at(self) -> datetime:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT created_at FROM webhook_signing_keys WHERE id = 1")
+            row = c.fetchone()
+        return datetime.now(UTC) if row is None else datetime.fromisoformat(row[0])
+
+    def retired(self) -> list[RetiredKey]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT public_key_pem, created_at, retired_at FROM webhook_retired_signing_keys "
+                "ORDER BY retired_at DESC"
+            )
+            return [
+                (str(pem), datetime.fromisoformat(created), datetime.fromisoformat(retired))
+                for pem, created, retired in c.fetchall()
+            ]
+
 
 class PostgresSigningKeyStore:
     def __init__(self, datastore: PostgresDatastore) -> None:
         self.datastore = datastore
         self.table = SQL("{0}.webhook_signing_keys").format(Identifier(datastore.schema))
+        self.retired_table = SQL("{0}.webhook_retired_signing_keys").format(
+            Identifier(datastore.schema)
+        )
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL(
                     "CREATE TABLE IF NOT EXISTS {0} (id integer PRIMARY KEY CHECK (id = 1), "
                     "private_key_pem text NOT NULL, created_at timestamptz NOT NULL)"
                 ).format(self.table)
+            )
+            curs.execute(
+                SQL(
+                    "CREATE TABLE IF NOT EXISTS {0} (public_key_pem text PRIMARY KEY, "
+                    "created_at timestamptz NOT NULL, retired_at timestamptz NOT NULL)"
+                ).format(self.retired_table)
             )
 
     def private_key_pem(self, generate: Callable[[], str]) -> str:
@@ -724,6 +830,53 @@ class PostgresSigningKeyStore:
             curs.execute(SQL("SELECT private_key_pem FROM {0} WHERE id = 1").format(self.table))
             row = curs.fetchone()
         return None if row is None else str(row["private_key_pem"])
+
+    def rotate(self, old_pem: str, old_public_pem: str, new_pem: str, now: datetime) -> bool:
+        """Replace old_pem by new_pem, if old_pem is still the current key; one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT created_at FROM {0} WHERE id = 1 AND private_key_pem = %s FOR UPDATE"
+                ).format(self.table),
+                (old_pem,),
+            )
+            row = curs.fetchone()
+            if row is None:
+                return False
+            curs.execute(
+                SQL("UPDATE {0} SET private_key_pem = %s, created_at = %s WHERE id = 1").format(
+                    self.table
+                ),
+                (new_pem, now),
+            )
+            curs.execute(
+                SQL("INSERT INTO {0} VALUES (%s, %s, %s)").format(self.retired_table),
+                (old_public_pem, row["created_at"], now),
+            )
+        return True
+
+    def created_at(self) -> datetime:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT created_at FROM {0} WHERE id = 1").format(self.table))
+            row = curs.fetchone()
+        return datetime.now(UTC) if row is None else _pg_instant(row["created_at"])
+
+    def retired(self) -> list[RetiredKey]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL(
+                    "SELECT public_key_pem, created_at, retired_at FROM {0} "
+                    "ORDER BY retired_at DESC"
+                ).format(self.retired_table)
+            )
+            return [
+                (
+                    str(row["public_key_pem"]),
+                    _pg_instant(row["created_at"]),
+                    _pg_instant(row["retired_at"]),
+                )
+                for row in curs.fetchall()
+            ]
 
 
 __all__ = [

@@ -12,12 +12,14 @@ organization's HMAC), posts them, and retries any non-2xx answer, timeout or net
 exponential back-off and full jitter, up to a maximum of attempts, after which a message is
 failed (and can be retried through the API). Delivery is at least once: a receiver deduplicates
 on X-Lago-Unique-Key, which is the message id.
+
+What time alone brings about (a pending subscription's start, its ending_at and the alerts
+before it) is enqueued when planned, due at that instant. The signing keys rotate (ADR 0022).
 """
 
 import base64
 import hashlib
 import hmac
-import importlib
 import json
 import logging
 import random
@@ -40,13 +42,17 @@ from eventsourcing.utils import get_topic
 from application.billing import Billing
 from application.errors import AlreadyExistsError, ConcurrencyConflictError, NotFoundError
 from application.projections import CatchUp
+from application.wallets import credit_invoice_transaction
+from domain.credit_note import CreditNote
 from domain.customer import Customer
 from domain.errors import InvalidValueError, NotAllowedError
 from domain.ids import NAMESPACE
 from domain.invoice import Invoice
 from domain.limits import COMMAND_RETRIES_MAX
 from domain.organization import Organization, new_hmac_key
+from domain.payment import Collection, Payment
 from domain.subscription import Subscription
+from domain.wallet import Wallet
 from domain.webhook_endpoint import (
     WEBHOOK_ENDPOINTS_MAX,
     WebhookEndpoint,
@@ -61,6 +67,12 @@ GENERATIONS_MAX: Final = 10_000  # Endpoints created, deleted and created again 
 # invoice.drafted waits this long, so that the Finalized of the same save (processed right after
 # it) cancels it before a worker can send it.
 DRAFT_HOLD: Final = timedelta(seconds=2)
+# How long a process signs with a key it has read: a rotation made by another process (the
+# command line) reaches every delivery worker within this time.
+KEY_REFRESH_S: Final = 5.0
+# subscription.termination_alert goes this many days before ending_at (Lago's default, its
+# LAGO_SUBSCRIPTION_TERMINATION_ALERT_SENT_AT_DAYS).
+TERMINATION_ALERT_DAYS: Final = (45, 15)
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,8 @@ class WebhookSettings:
     poll_s: float = 1.0  # How often the worker looks for new events and due messages.
     batch_max: int = 20  # Messages claimed at once.
     concurrency: int = 4  # Messages posted at once by one worker.
+    # A retired JWT key stays listed (GET /webhooks/public_keys) this long after its rotation.
+    key_grace_s: float = 7 * 86400.0
 
     @property
     def lease_s(self) -> float:
@@ -105,12 +119,28 @@ class WebhookTransport(Protocol):
         """POST the body; never raises for a network error or timeout, it reports them."""
 
 
+@dataclass(frozen=True)
+class SigningKey:
+    """The public half of a JWT signing key: the current one, or one retired by a rotation."""
+
+    public_key_pem: bytes
+    kid: str  # The JWT header's kid: which key signed a webhook.
+    created_at: datetime
+    retired_at: datetime | None = None  # None: the key that signs now.
+
+
 class WebhookSigner(Protocol):
     def jwt(self, body: bytes) -> str:
         """RS256 JWT of {"data": body, "iss": the API URL}, with the instance's private key."""
 
     def public_key_pem(self) -> bytes:
         """The PEM SubjectPublicKeyInfo that verifies the JWTs."""
+
+    def signing_keys(self) -> list[SigningKey]:
+        """The current key, then the retired ones, newest first."""
+
+    def rotate(self, now: datetime) -> SigningKey:
+        """A new key pair signs from now on; the old public key is kept (ADR 0022)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +152,11 @@ class Notice:
     aggregate: BaseAggregate[UUID]
     organization_id: UUID
     at: datetime  # The event's instant: the payload is the object as it was then.
+    # The part of the aggregate the webhook is about: a wallet's transaction, a payment's
+    # invoice. None: the aggregate itself.
+    subject_id: UUID | None = None
+    # Facts of the event the object does not hold (a processor's error), recorded in the event.
+    details: Mapping[str, Any] | None = None
 
 
 class PayloadRenderer(Protocol):
@@ -253,18 +288,17 @@ def message_id(event_id: UUID, version: int, endpoint_id: UUID, webhook_type: st
     return uuid5(NAMESPACE, key)
 
 
-def _credit_note_created() -> type[Any] | None:
-    """CreditNote.Created when domain/credit_note.py exists (it is being written)."""
-    try:
-        module = importlib.import_module("domain.credit_note")
-    except ImportError:
-        return None
-    created = getattr(getattr(module, "CreditNote", None), "Created", None)
-    return created if isinstance(created, type) else None
-
-
-CREDIT_NOTE_CREATED: Final = _credit_note_created()
 ENDPOINT_EVENTS: Final = (WebhookEndpoint.Created, WebhookEndpoint.Updated, WebhookEndpoint.Deleted)
+# A wallet event that records a transaction: wallet_transaction.created, or .updated.
+WALLET_TRANSACTION_CREATED: Final = (
+    Wallet.Granted,
+    Wallet.Purchased,
+    Wallet.Voided,
+    Wallet.Invoiced,
+    Wallet.Forfeited,
+    Wallet.Recredited,
+)
+WALLET_TRANSACTION_UPDATED: Final = (Wallet.PurchaseSettled, Wallet.PurchaseFailed)
 SOURCE_EVENTS: Final = (
     Customer.Created,
     Customer.Recreated,
@@ -278,7 +312,16 @@ SOURCE_EVENTS: Final = (
     Invoice.Finalized,
     Invoice.Voided,
     Invoice.PaymentStatusChanged,
-    *((CREDIT_NOTE_CREATED,) if CREDIT_NOTE_CREATED else ()),
+    CreditNote.Created,
+    CreditNote.RefundStatusChanged,
+    Wallet.Created,
+    Wallet.Updated,
+    Wallet.Terminated,
+    Wallet.OngoingBalanceDepleted,
+    *WALLET_TRANSACTION_CREATED,
+    *WALLET_TRANSACTION_UPDATED,
+    Payment.Failed,
+    Collection.MarkedOverdue,
 )
 WEBHOOK_TYPES: Final = (
     "customer.created",
@@ -286,11 +329,22 @@ WEBHOOK_TYPES: Final = (
     "subscription.started",
     "subscription.canceled",
     "subscription.terminated",
+    "subscription.termination_alert",
     "invoice.drafted",
     "invoice.created",
     "invoice.voided",
     "invoice.payment_status_updated",
-    *(("credit_note.created",) if CREDIT_NOTE_CREATED else ()),
+    "invoice.payment_failure",
+    "invoice.payment_overdue",
+    "credit_note.created",
+    "credit_note.refund_failure",
+    "wallet.created",
+    "wallet.updated",
+    "wallet.terminated",
+    "wallet.depleted_ongoing_balance",
+    "wallet_transaction.created",
+    "wallet_transaction.updated",
+    "wallet_transaction.payment_failure",
 )
 
 
@@ -302,7 +356,14 @@ class _Planned:
     object_type: str
     aggregate: BaseAggregate[UUID]
     at: datetime  # The instant the payload describes.
-    due_at: datetime  # subscription.started of a pending subscription waits for its start.
+    due_at: datetime  # A scheduled webhook (a start, an ending_at) waits until then.
+    # The resource whose webhooks go in order (default: the aggregate): a wallet transaction,
+    # the invoice a payment failed for.
+    object_id: UUID | None = None
+    subject_id: UUID | None = None  # Notice.subject_id.
+    details: Mapping[str, Any] | None = None  # Notice.details.
+    # Tells apart two webhooks of one type that one event causes (in their message ids).
+    discriminator: str | None = None
 
 
 class WebhookOutboxProjection(Projection[OutboxView]):
@@ -349,7 +410,13 @@ class WebhookOutboxProjection(Projection[OutboxView]):
             payload = self.render(
                 self.billing,
                 Notice(
-                    plan.webhook_type, plan.object_type, plan.aggregate, organization_id, plan.at
+                    plan.webhook_type,
+                    plan.object_type,
+                    plan.aggregate,
+                    organization_id,
+                    plan.at,
+                    plan.subject_id,
+                    plan.details,
                 ),
             ).decode()
             for route in matching:
@@ -359,13 +426,15 @@ class WebhookOutboxProjection(Projection[OutboxView]):
                             domain_event.originator_id,
                             domain_event.originator_version,
                             route.endpoint_id,
-                            plan.webhook_type,
+                            plan.webhook_type
+                            if plan.discriminator is None
+                            else f"{plan.webhook_type}#{plan.discriminator}",
                         ),
                         organization_id=organization_id,
                         endpoint_id=route.endpoint_id,
                         webhook_type=plan.webhook_type,
                         object_type=plan.object_type,
-                        object_id=plan.aggregate.id,
+                        object_id=plan.object_id or plan.aggregate.id,
                         position=tracking.notification_id,
                         ordinal=ordinal,
                         payload=payload,
@@ -408,40 +477,211 @@ class WebhookOutboxProjection(Projection[OutboxView]):
         }.get(type(event))
         if webhook_type is not None:
             return [_Planned(webhook_type, "invoice", self._at_version(event), at, at)], []
-        if CREDIT_NOTE_CREATED is not None and isinstance(event, CREDIT_NOTE_CREATED):
+        if isinstance(event, CreditNote.Created):
             return [
                 _Planned("credit_note.created", "credit_note", self._at_version(event), at, at)
             ], []
+        if isinstance(event, CreditNote.RefundStatusChanged):
+            if event.refund_status != "failed":
+                return [], []
+            # Lago's refund error: the processor's outcome is all the note records.
+            details = {"message": "Payment refund failed", "error_code": None}
+            note = self._at_version(event)
+            return [
+                _Planned(
+                    "credit_note.refund_failure",
+                    "credit_note_payment_provider_refund_error",
+                    note,
+                    at,
+                    at,
+                    details=details,
+                )
+            ], []
+        if isinstance(event, Wallet.Event):
+            return self._plan_wallet(event), []
+        if isinstance(event, Payment.Failed):
+            return self._plan_payment_failure(event), []
+        if isinstance(event, Collection.MarkedOverdue):
+            collection = self._at_version(event)
+            assert isinstance(collection, Collection), collection
+            return [
+                _Planned(
+                    "invoice.payment_overdue",
+                    "invoice",
+                    collection,
+                    at,
+                    at,
+                    object_id=collection.invoice_id,
+                    subject_id=collection.invoice_id,
+                )
+            ], []
         return [], []
+
+    def _plan_wallet(self, event: Wallet.Event) -> list[_Planned]:
+        """Lago's wallet and wallet_transaction webhooks; a transaction is its own resource,
+        so its created and updated webhooks go in order."""
+        at: datetime = event.timestamp
+        wallet = self._at_version(event)
+        assert isinstance(wallet, Wallet), wallet
+        wallet_type = {
+            Wallet.Created: "wallet.created",
+            Wallet.Updated: "wallet.updated",
+            Wallet.Terminated: "wallet.terminated",
+            Wallet.OngoingBalanceDepleted: "wallet.depleted_ongoing_balance",
+        }.get(type(event))
+        if wallet_type is not None:
+            if isinstance(event, Wallet.Created):
+                wallet = self._with_initial_credits(event)
+            details = None
+            if isinstance(event, Wallet.OngoingBalanceDepleted):
+                # The ongoing balance is computed from usage at read time; this one is recorded.
+                details = {"ongoing_balance_cents": event.ongoing_balance_cents, "at": event.at}
+            return [_Planned(wallet_type, "wallet", wallet, at, at, details=details)]
+        if isinstance(event, WALLET_TRANSACTION_CREATED):
+            transaction_type = "wallet_transaction.created"
+        elif isinstance(event, WALLET_TRANSACTION_UPDATED):
+            transaction_type = "wallet_transaction.updated"
+        else:
+            return []  # RuleRearmed, OngoingBalanceReplenished: nothing Lago announces.
+        transaction_id: UUID = getattr(event, "transaction_id")  # noqa: B009
+        return [
+            _Planned(
+                transaction_type,
+                "wallet_transaction",
+                wallet,
+                at,
+                at,
+                object_id=transaction_id,
+                subject_id=transaction_id,
+            )
+        ]
+
+    def _with_initial_credits(self, event: Wallet.Created) -> Wallet:
+        """The wallet as its creating save left it: with the paid and granted credits of Lago's
+        create, which that save records right after Created with the same created_at (so the
+        payload is what POST /wallets answered). Decided from the log alone."""
+        version = event.originator_version
+        for later in self.billing.events.get(event.originator_id, gt=version):
+            if not isinstance(later, Wallet.Granted | Wallet.Purchased):
+                break
+            if later.created_at != event.created_at:
+                break
+            version = later.originator_version
+        wallet: Wallet = self.billing.repository.get(event.originator_id, version=version)
+        return wallet
+
+    def _plan_payment_failure(self, event: Payment.Failed) -> list[_Planned]:
+        """Lago's invoice.payment_failure for a failed processor attempt, and for a paid top-up's
+        credit invoice also wallet_transaction.payment_failure (Lago's DeliverErrorWebhookService).
+        Each is ordered with its resource: the invoice, the wallet transaction."""
+        at: datetime = event.timestamp
+        payment = self._at_version(event)
+        assert isinstance(payment, Payment), payment
+        details = {"message": event.message, "error_code": event.code}
+        planned = [
+            _Planned(
+                "invoice.payment_failure",
+                "payment_provider_invoice_payment_error",
+                payment,
+                at,
+                at,
+                object_id=payment.invoice_id,
+                subject_id=payment.invoice_id,
+                details=details,
+            )
+        ]
+        try:
+            invoice: Invoice = self.billing.repository.get(payment.invoice_id)
+        except AggregateNotFoundError:
+            return planned
+        paid_for = credit_invoice_transaction(invoice)
+        if paid_for is not None:
+            _, transaction_id = paid_for
+            planned.append(
+                _Planned(
+                    "wallet_transaction.payment_failure",
+                    "payment_provider_wallet_transaction_payment_error",
+                    payment,
+                    at,
+                    at,
+                    object_id=transaction_id,
+                    subject_id=transaction_id,
+                    details=details,
+                )
+            )
+        return planned
 
     def _plan_subscription(
         self, event: Subscription.Event
     ) -> tuple[list[_Planned], list[tuple[UUID, str]]]:
+        """A subscription's start and end are scheduled when they lie ahead: the status is a
+        function of time, so no event marks them. A change re-plans both, start first, so that
+        they stay in order and show the subscription as last changed."""
         at: datetime = event.timestamp
         subscription = self._at_version(event)
         assert isinstance(subscription, Subscription), subscription
         started = (subscription.id, "subscription.started")
+        ending = (subscription.id, "subscription.terminated")
+        alerts = (subscription.id, "subscription.termination_alert")
         if isinstance(event, Subscription.Created):
             # A pending subscription's start is scheduled: due (and rendered) at its start.
             start = max(at, subscription.subscription_at)
             return [
-                _Planned("subscription.started", "subscription", subscription, start, start)
+                _Planned("subscription.started", "subscription", subscription, start, start),
+                *self._ending(subscription, at),
             ], []
         if isinstance(event, Subscription.Updated | Subscription.PlanChanged):
-            if subscription.status_at(at) != "pending":
-                return [], []
-            # Still pending: its scheduled start moves, or shows the new plan.
-            start = subscription.subscription_at
-            return [_Planned("subscription.started", "subscription", subscription, start, start)], [
-                started
-            ]
+            planned: list[_Planned] = []
+            cancel: list[tuple[UUID, str]] = []
+            if subscription.status_at(at) == "pending":
+                # Still pending: its scheduled start moves, or shows the new plan.
+                start = subscription.subscription_at
+                planned.append(
+                    _Planned("subscription.started", "subscription", subscription, start, start)
+                )
+                cancel.append(started)
+            if subscription.ending_at is not None:
+                planned += self._ending(subscription, at)
+                cancel += [alerts, ending]
+            return planned, cancel
         if isinstance(event, Subscription.Canceled):
             return [_Planned("subscription.canceled", "subscription", subscription, at, at)], [
-                started
+                started,
+                alerts,
+                ending,
             ]
         if isinstance(event, Subscription.Terminated):
-            return [_Planned("subscription.terminated", "subscription", subscription, at, at)], []
+            # Terminated by a call before its ending_at: now, and the scheduled end is canceled.
+            return [_Planned("subscription.terminated", "subscription", subscription, at, at)], [
+                alerts,
+                ending,
+            ]
         return [], []
+
+    @staticmethod
+    def _ending(subscription: Subscription, at: datetime) -> list[_Planned]:
+        """What its ending_at schedules: subscription.termination_alert 45 and 15 days before
+        (those still ahead), then subscription.terminated at ending_at (Lago terminates it then,
+        with a job); each due, and rendered, as of its instant."""
+        if subscription.ending_at is None or subscription.ended_at != subscription.ending_at:
+            return []
+        planned = []
+        for days in TERMINATION_ALERT_DAYS:
+            alert_at = subscription.ending_at - timedelta(days=days)
+            if alert_at > at:
+                planned.append(
+                    _Planned(
+                        "subscription.termination_alert",
+                        "subscription",
+                        subscription,
+                        alert_at,
+                        alert_at,
+                        discriminator=str(days),
+                    )
+                )
+        end = max(at, subscription.ending_at)
+        planned.append(_Planned("subscription.terminated", "subscription", subscription, end, end))
+        return planned
 
     def _at_version(self, event: Any) -> BaseAggregate[UUID]:
         aggregate: BaseAggregate[UUID] = self.billing.repository.get(
@@ -497,7 +737,7 @@ class Webhooks:
         self.now: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         self.projection = WebhookOutboxProjection(outbox, billing, render)
         self.catch_up = CatchUp(billing, self.projection)
-        self._hmac_keys: dict[UUID, str] = {}
+        self._hmac_keys: dict[UUID, tuple[str, float]] = {}  # The key, and when it was read.
 
     # Endpoints.
 
@@ -622,11 +862,49 @@ class Webhooks:
     def public_key_pem(self) -> bytes:
         return self.signer.public_key_pem()
 
+    def public_keys(self) -> list[SigningKey]:
+        """The current JWT key, then those retired within the grace period, newest first."""
+        since = self.now() - timedelta(seconds=self.settings.key_grace_s)
+        return [
+            key
+            for key in self.signer.signing_keys()
+            if key.retired_at is None or key.retired_at > since
+        ]
+
+    def rotate_signing_key(self) -> SigningKey:
+        """A new RSA key pair signs every delivery from now on (every process within
+        KEY_REFRESH_S); the old public key stays listed for the grace period."""
+        return self.signer.rotate(self.now())
+
+    def rotate_hmac_key(self, organization_id: UUID) -> str:
+        """A new HMAC key for the organization, recorded in its history; returns it."""
+        for _ in range(COMMAND_RETRIES_MAX):
+            organization: Organization = self.billing.repository.get(organization_id)
+            organization.rotate_hmac_key(new_hmac_key())
+            try:
+                self.billing.save(organization)
+            except IntegrityError:
+                continue
+            assert organization.hmac_key is not None
+            self._hmac_keys[organization_id] = (organization.hmac_key, time.monotonic())
+            return organization.hmac_key
+        raise ConcurrencyConflictError("organization", organization_id)
+
+    def hmac_keys(self, organization_id: UUID) -> list[tuple[str, datetime]]:
+        """Every HMAC key the organization had, with when it was issued, newest first."""
+        issued = [
+            (getattr(e, "hmac_key"), getattr(e, "timestamp"))  # noqa: B009
+            for e in self.billing.events.get(organization_id)
+            if isinstance(e, Organization.HmacKeyIssued)
+        ]
+        return issued[::-1]
+
     def hmac_key(self, organization_id: UUID) -> str:
-        """The organization's HMAC key; one created before webhooks gets it now."""
-        key = self._hmac_keys.get(organization_id)
-        if key is not None:
-            return key
+        """The organization's HMAC key; one created before webhooks gets it now. Read again
+        after KEY_REFRESH_S, so a rotation by another process is seen."""
+        cached = self._hmac_keys.get(organization_id)
+        if cached is not None and time.monotonic() - cached[1] < KEY_REFRESH_S:
+            return cached[0]
         for _ in range(COMMAND_RETRIES_MAX):
             organization: Organization = self.billing.repository.get(organization_id)
             if organization.hmac_key is None:
@@ -636,7 +914,7 @@ class Webhooks:
                 except IntegrityError:
                     continue  # Changed concurrently (maybe given a key): reload.
             assert organization.hmac_key is not None
-            self._hmac_keys[organization_id] = organization.hmac_key
+            self._hmac_keys[organization_id] = (organization.hmac_key, time.monotonic())
             return organization.hmac_key
         raise ConcurrencyConflictError("organization", organization_id)
 

@@ -351,6 +351,13 @@ class Organization(BaseAggregate[UUID]):
         if self.hmac_key is None:
             self._hmac_key_issued(hmac_key=hmac_key)
 
+    def rotate_hmac_key(self, hmac_key: str) -> None:
+        """A new webhook HMAC key signs from now on; the earlier ones stay in the history, so a
+        replay still verifies what they signed (ADR 0022)."""
+        if hmac_key == self.hmac_key or len(hmac_key) < 32:
+            raise InvalidValueError("hmac_key", "value_is_invalid", len(hmac_key))
+        self._hmac_key_issued(hmac_key=hmac_key)
+
     def issue_api_key(
         self,
         key_hash: str,

@@ -100,3 +100,15 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not true within {timeout_s} s: {condition}")
         time.sleep(0.01)
+
+
+def verify_by_kid(
+    received: Received, public_keys: dict[str, bytes], issuer: str, hmac_key: str
+) -> None:
+    """Verify with the key the JWT's kid names, as a receiver does across a key rotation
+    (ADR 0022: keys listed by GET /api/v1/webhooks/public_keys)."""
+    if received.headers["X-Lago-Signature-Algorithm"] == "jwt":
+        kid = jwt.get_unverified_header(received.headers["X-Lago-Signature"])["kid"]
+        verify(received, public_keys[kid], issuer, hmac_key)
+    else:
+        verify(received, b"", issuer, hmac_key)

@@ -181,6 +181,18 @@ class PublicKeyResponse(Output):
     webhook: PublicKeyObject
 
 
+class SigningKeyObject(Output):
+    public_key: str  # As json_public_key: base64 of the PEM.
+    kid: str  # The kid header of the JWTs this key signs.
+    status: str  # "current" or "retired".
+    created_at: str
+    retired_at: str | None
+
+
+class SigningKeysResponse(Output):
+    webhook_public_keys: list[SigningKeyObject]
+
+
 class WebhookObject(Output):
     lago_id: UUID  # Also the X-Lago-Unique-Key of every attempt.
     lago_webhook_endpoint_id: UUID
@@ -254,12 +266,32 @@ class WebhookController(Controller):
             webhook=PublicKeyObject(public_key=public_key_text(webhooks.public_key_pem()))
         )
 
-    @get("/public_key", operation_id="fetchPublicKey", sync_to_thread=True)
+    @get("/public_key", operation_id="fetchPublicKey", media_type="text/plain", sync_to_thread=True)
     def public_key(
         self, webhooks: NamedDependency[Webhooks], organization_id: NamedDependency[UUID]
     ) -> Response[str]:
         """The same base64 text, as text/plain (Lago's older route)."""
         return Response(public_key_text(webhooks.public_key_pem()), media_type="text/plain")
+
+    @get("/public_keys", operation_id="findAllWebhookPublicKeys", sync_to_thread=True)
+    def public_keys(
+        self, webhooks: NamedDependency[Webhooks], organization_id: NamedDependency[UUID]
+    ) -> SigningKeysResponse:
+        """Tally extension: the current public key, then those retired by a rotation within the
+        grace period (TALLY_WEBHOOK_KEY_GRACE_S), newest first. A receiver verifies a JWT with
+        the key whose kid its header names, so webhooks signed before a rotation still verify."""
+        return SigningKeysResponse(
+            webhook_public_keys=[
+                SigningKeyObject(
+                    public_key=public_key_text(key.public_key_pem),
+                    kid=key.kid,
+                    status="current" if key.retired_at is None else "retired",
+                    created_at=iso(key.created_at) or "",
+                    retired_at=iso(key.retired_at),
+                )
+                for key in webhooks.public_keys()
+            ]
+        )
 
     @get(operation_id="findAllWebhooks", sync_to_thread=True)
     def find_all(

@@ -211,3 +211,34 @@ def test_the_signing_key_survives_a_restart(store_settings: Settings) -> None:
         assert fast(second).public_key_pem() == key
     finally:
         second.close()
+
+
+def test_a_rotated_signing_key_is_stored_and_the_old_one_listed_after_a_restart(
+    store_settings: Settings,
+) -> None:
+    first = open_ledger(store_settings)
+    try:
+        webhooks = fast(first)
+        old = webhooks.public_key_pem()
+        rotated = webhooks.rotate_signing_key()
+        assert webhooks.public_key_pem() == rotated.public_key_pem != old
+    finally:
+        first.close()
+    second = open_ledger(store_settings)  # Another process: it signs with the new key.
+    try:
+        webhooks = fast(second)
+        assert webhooks.public_key_pem() == rotated.public_key_pem
+        keys = webhooks.public_keys()
+        assert [(k.public_key_pem, k.retired_at is None) for k in keys] == [
+            (rotated.public_key_pem, True),
+            (old, False),
+        ]
+        assert keys[1].retired_at is not None and keys[1].created_at <= keys[1].retired_at
+        again = webhooks.rotate_signing_key()
+        assert [k.public_key_pem for k in webhooks.public_keys()] == [
+            again.public_key_pem,
+            rotated.public_key_pem,
+            old,
+        ]
+    finally:
+        second.close()
