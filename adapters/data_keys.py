@@ -12,10 +12,18 @@ import os
 import threading
 from uuid import UUID, uuid4
 
+import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg.sql import SQL, Identifier
+
+from application.personal_data import (
+    SEALED,
+    PersonalDataKeys,
+    seal_customer_objects,
+    unseal_customer_objects,
+)
 
 KEY_BYTES = 32  # AES-256.
 NONCE_BYTES = 12  # GCM's standard nonce; random, and a key seals few values (one customer's).
@@ -30,6 +38,16 @@ class _AesGcmKeys:
 
     def encrypt(self, subject_id: UUID, plaintext: bytes) -> tuple[str, bytes]:
         key_id, key = self._current_key(subject_id)
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = AESGCM(key).encrypt(nonce, plaintext, _associated_data(subject_id, key_id))
+        return key_id, nonce + sealed
+
+    def encrypt_existing(self, subject_id: UUID, plaintext: bytes) -> tuple[str, bytes] | None:
+        """Like encrypt, but None (never a new key) when the subject has no key: erased."""
+        found = self._subject_key(subject_id)
+        if found is None:
+            return None
+        key_id, key = found
         nonce = os.urandom(NONCE_BYTES)
         sealed = AESGCM(key).encrypt(nonce, plaintext, _associated_data(subject_id, key_id))
         return key_id, nonce + sealed
@@ -50,6 +68,9 @@ class _AesGcmKeys:
     def _key(self, key_id: str) -> tuple[UUID, bytes] | None:
         raise NotImplementedError
 
+    def _subject_key(self, subject_id: UUID) -> tuple[str, bytes] | None:
+        raise NotImplementedError
+
 
 class MemoryDataKeys(_AesGcmKeys):
     def __init__(self) -> None:
@@ -68,6 +89,11 @@ class MemoryDataKeys(_AesGcmKeys):
     def _key(self, key_id: str) -> tuple[UUID, bytes] | None:
         with self._lock:
             return self._keys.get(key_id)
+
+    def _subject_key(self, subject_id: UUID) -> tuple[str, bytes] | None:
+        with self._lock:
+            key_id = self._current.get(subject_id)
+            return None if key_id is None else (key_id, self._keys[key_id][1])
 
     def erase(self, subject_id: UUID) -> int:
         with self._lock:
@@ -105,6 +131,15 @@ class SQLiteDataKeys(_AesGcmKeys):
             c.execute("SELECT subject_id, key FROM personal_data_keys WHERE key_id = ?", (key_id,))
             row = c.fetchone()
         return None if row is None else (UUID(row[0]), bytes(row[1]))
+
+    def _subject_key(self, subject_id: UUID) -> tuple[str, bytes] | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(
+                "SELECT key_id, key FROM personal_data_keys WHERE subject_id = ?",
+                (str(subject_id),),
+            )
+            row = c.fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     def erase(self, subject_id: UUID) -> int:
         with self.datastore.transaction(commit=True) as c:
@@ -158,9 +193,46 @@ class PostgresDataKeys(_AesGcmKeys):
             row = curs.fetchone()
         return None if row is None else (row["subject_id"], bytes(row["key"]))
 
+    def _subject_key(self, subject_id: UUID) -> tuple[str, bytes] | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(
+                SQL("SELECT key_id, key FROM {0} WHERE subject_id = %s").format(self.table),
+                (subject_id,),
+            )
+            row = curs.fetchone()
+        return None if row is None else (str(row["key_id"]), bytes(row["key"]))
+
     def erase(self, subject_id: UUID) -> int:
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL("DELETE FROM {0} WHERE subject_id = %s").format(self.table), (subject_id,)
             )
             return int(curs.rowcount)
+
+
+# Stored JSON documents holding customer objects: webhook payloads in the outbox, responses kept
+# for Idempotency-Key replays (ADR 0023).
+
+
+def seal_json(keys: PersonalDataKeys, document: bytes) -> bytes:
+    """The document with its customers' personal values sealed with their existing keys (or
+    ERASED, for a customer whose key is gone), re-encoded only if it held any."""
+    if b'"customer"' not in document:
+        return document  # Cheap: most documents (usage events, ...) hold no customer.
+    try:
+        parsed = msgspec.json.decode(document)
+    except msgspec.DecodeError:
+        return document
+    if not seal_customer_objects(parsed, keys.encrypt_existing):
+        return document
+    return msgspec.json.encode(parsed)
+
+
+def unseal_json(keys: PersonalDataKeys, document: bytes) -> bytes:
+    """The inverse of seal_json: clear values, or ERASED once the customer's key is deleted."""
+    if SEALED.encode() not in document:
+        return document
+    parsed = msgspec.json.decode(document)
+    if not unseal_customer_objects(parsed, keys.decrypt):
+        return document
+    return msgspec.json.encode(parsed)

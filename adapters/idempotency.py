@@ -1,7 +1,9 @@
 """Idempotency-Key storage on SQLite, PostgreSQL and memory: the first response to each key.
 
 A request claims its key before it runs (a row without a response), stores the response when it
-succeeds, and releases the claim when it fails, so that a retry runs again.
+succeeds, and releases the claim when it fails, so that a retry runs again. A stored response's
+customer objects are sealed with the customers' data keys, so erasing a customer reaches the
+responses kept for replays: a replay after erasure shows its personal values as erased (ADR 0023).
 """
 
 import threading
@@ -11,6 +13,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 from psycopg.sql import SQL, Identifier
 
+from adapters.data_keys import PostgresDataKeys, SQLiteDataKeys, seal_json, unseal_json
 from application.errors import IdempotencyKeyInProgressError, IdempotencyKeyReusedError
 from application.ports import StoredResponse
 
@@ -58,6 +61,7 @@ class SQLiteIdempotencyStore:
                 "key TEXT NOT NULL, request_hash TEXT NOT NULL, status_code INTEGER, body BLOB, "
                 "PRIMARY KEY (organization_id, key))"
             )
+        self.data_keys = SQLiteDataKeys(datastore)
 
     def reserve(self, organization_id: UUID, key: str, request_hash: str) -> StoredResponse | None:
         with self.datastore.transaction(commit=True) as c:
@@ -74,14 +78,16 @@ class SQLiteIdempotencyStore:
                 (str(organization_id), key),
             )
             row = c.fetchone()
-        return _decide(key, request_hash, (row[0], row[1], row[2]))
+        stored = _decide(key, request_hash, (row[0], row[1], row[2]))
+        return StoredResponse(stored.status_code, unseal_json(self.data_keys, stored.body))
 
     def complete(self, organization_id: UUID, key: str, response: StoredResponse) -> None:
+        body = seal_json(self.data_keys, response.body)  # Before the transaction.
         with self.datastore.transaction(commit=True) as c:
             c.execute(
                 "UPDATE idempotency_keys SET status_code = ?, body = ? "
                 "WHERE organization_id = ? AND key = ?",
-                (response.status_code, response.body, str(organization_id), key),
+                (response.status_code, body, str(organization_id), key),
             )
 
     def release(self, organization_id: UUID, key: str) -> None:
@@ -105,6 +111,7 @@ class PostgresIdempotencyStore:
                     "body bytea, PRIMARY KEY (organization_id, key))"
                 ).format(self.table)
             )
+        self.data_keys = PostgresDataKeys(datastore)
 
     def reserve(self, organization_id: UUID, key: str, request_hash: str) -> StoredResponse | None:
         with self.datastore.transaction(commit=True) as curs:
@@ -126,16 +133,18 @@ class PostgresIdempotencyStore:
             )
             row = curs.fetchone()
         assert row is not None
-        return _decide(key, request_hash, (row["request_hash"], row["status_code"], row["body"]))
+        stored = _decide(key, request_hash, (row["request_hash"], row["status_code"], row["body"]))
+        return StoredResponse(stored.status_code, unseal_json(self.data_keys, stored.body))
 
     def complete(self, organization_id: UUID, key: str, response: StoredResponse) -> None:
+        body = seal_json(self.data_keys, response.body)
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(
                 SQL(
                     "UPDATE {0} SET status_code = %s, body = %s "
                     "WHERE organization_id = %s AND key = %s"
                 ).format(self.table),
-                (response.status_code, response.body, organization_id, key),
+                (response.status_code, body, organization_id, key),
             )
 
     def release(self, organization_id: UUID, key: str) -> None:

@@ -26,7 +26,7 @@ from eventsourcing.utils import get_topic
 from application.base import BillingBase
 from application.errors import NotFoundError
 from domain import ids
-from domain.customer import Customer
+from domain.customer import ERASED, Customer
 from domain.errors import InvalidValueError
 from domain.organization import BillingEntity, Organization
 from domain.tax import Tax
@@ -297,6 +297,9 @@ class VatChecks:
         self._lock = threading.Lock()
         self._position = 0  # Notifications followed so far (customers and checks).
         self._pending: dict[UUID, datetime] = {}  # Check id → next attempt.
+        # Check id → its number, as customers gave it: a check erased with one customer (its
+        # number reads ERASED) is still attempted for another with that number (ADR 0023).
+        self._numbers: dict[UUID, str] = {}
 
     # Commands.
 
@@ -412,6 +415,7 @@ class VatChecks:
     def _ensure_check(
         self, organization_id: UUID, vat_number: str, requester: str | None
     ) -> VatNumberCheck:
+        self._numbers[vat_number_check_id(organization_id, vat_number)] = vat_number
         for _ in range(2):
             now = self.billing.now()
             check = self.billing.vat_number_check(organization_id, vat_number)
@@ -445,9 +449,14 @@ class VatChecks:
             else:
                 self._pending[check_id] = check.next_attempt_at
             return False
-        number = check_vat_number(check.vat_number)
+        number = check_vat_number(
+            self._numbers.get(check_id) if check.vat_number == ERASED else check.vat_number
+        )
         parts = number.vies_parts
-        assert parts is not None and number.member_state is not None, number
+        if parts is None or number.member_state is None:
+            assert check.vat_number == ERASED, number  # Erased, and no customer asks for it.
+            self._pending.pop(check_id, None)
+            return False
         requester = check_vat_number(check.requester_vat_number).vies_parts
         try:
             answer = self.vies.check_vat_number(*parts, requester)

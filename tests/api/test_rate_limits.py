@@ -1,13 +1,16 @@
-"""Request limits: the body size (413) and the per-key token bucket (429 with Lago's headers)."""
+"""Request limits: the body size (413) and the per-key token bucket (429 with Lago's headers),
+shared by the processes on a store (ADR 0023)."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from uuid import uuid4
+from uuid import UUID, uuid4
 
+import anyio
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from adapters.rate_limits import MemoryRateLeases
 from adapters.settings import (
     BODY_MAX_BYTES_DEFAULT,
     RATE_LIMIT_BURST_DEFAULT,
@@ -20,7 +23,7 @@ from adapters.settings import (
 from adapters.stores import Ledger, open_ledger
 from api.app import create_app
 from api.problems import PROBLEM_TYPE_BASE
-from api.security import RateLimiter
+from api.security import RateLimiter, SharedRateLimiter
 
 Client = TestClient[Litestar]
 BODY_MAX = 2048
@@ -162,3 +165,40 @@ def test_a_zero_rate_turns_the_limit_off() -> None:
         answers = [client.get("/api/v1/customers", headers=headers) for _ in range(5)]
         assert {a.status_code for a in answers} == {200}
         assert "x-ratelimit-limit" not in answers[0].headers
+
+
+class CountingLeases:
+    """The shared buckets of one store, counting the round trips a limiter makes."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.buckets = MemoryRateLeases(clock)
+        self.calls = 0
+
+    def lease(self, key_id: UUID, want: int, rate_per_s: float, burst: int) -> tuple[int, float]:
+        self.calls += 1
+        return self.buckets.lease(key_id, want, rate_per_s, burst)
+
+
+def test_processes_lease_tokens_in_batches_from_one_shared_bucket() -> None:
+    now = [0.0]
+    leases = CountingLeases(lambda: now[0])
+    # 1000 a second: a lease takes 10 ms of it, 10 tokens; the burst is 100.
+    first, second = (SharedRateLimiter(leases, 1000, 100, clock=lambda: now[0]) for _ in range(2))
+    key = uuid4()
+
+    async def take_all() -> list[bool]:
+        return [(await limiter.take(key)).allowed for _ in range(60) for limiter in (first, second)]
+
+    allowed = anyio.run(take_all)
+    # Two processes, one bucket: 100 requests pass, not 200, in 10 leases, not 100 round trips.
+    assert allowed.count(True) == 100 and allowed[:100] == [True] * 100
+    assert leases.calls == 10 + 2  # Then one refusal each, remembered: no more round trips.
+    refused = anyio.run(first.take, key)
+    assert (refused.allowed, refused.remaining, refused.reset_s) == (False, 0, 1)
+    assert leases.calls == 12
+    now[0] = 0.05  # 50 ms: 50 tokens back in the shared bucket.
+    decision = anyio.run(second.take, key)
+    assert decision.allowed and decision.remaining == 49
+    assert decision.reset_s == 1  # Full again in 51 ms.
+    now[0] = 5.0  # A lease not spent within LEASE_S is dropped, never added to a full bucket.
+    assert anyio.run(second.take, key).remaining == 99
