@@ -1,17 +1,24 @@
 """Idempotency-Key on every mutating request: the same key and body replay the first response."""
 
 import hashlib
+import logging
+from collections.abc import Callable
 from typing import Any
 
+import anyio
 from anyio import to_thread
 from litestar.datastructures import Headers
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import authenticate
+from application.errors import IdempotencyKeyInProgressError, IdempotencyKeyReusedError
 from application.ports import StoredResponse
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+SETTLE_ATTEMPTS = 5
+SETTLE_BACKOFF_S = 0.05
+logger = logging.getLogger("tally.api")
 
 
 class IdempotencyMiddleware(ASGIMiddleware):
@@ -35,7 +42,17 @@ class IdempotencyMiddleware(ASGIMiddleware):
         ).hexdigest()
         store = ledger.idempotency
         # Raises for another body or a first request still running; the app maps both.
-        stored = await to_thread.run_sync(store.reserve, organization_id, key, request_hash)
+        try:
+            stored = await to_thread.run_sync(store.reserve, organization_id, key, request_hash)
+        except (IdempotencyKeyInProgressError, IdempotencyKeyReusedError):
+            raise
+        except Exception:
+            # The store failed (a 503): the claim may have committed all the same (a lost
+            # answer), and would hold the key "in progress" for ever. Release it, so the
+            # client's retry runs (ADR 0024); only a concurrent request with the same key, a
+            # client's bug, could then run twice.
+            await _settle(store.release, organization_id, key)
+            raise
         if stored is not None:
             await _send_stored(send, stored)
             return
@@ -54,9 +71,23 @@ class IdempotencyMiddleware(ASGIMiddleware):
         finally:
             if status and 200 <= status[0] < 300:
                 response = StoredResponse(status[0], b"".join(chunks))
-                await to_thread.run_sync(store.complete, organization_id, key, response)
+                await _settle(store.complete, organization_id, key, response)
             else:  # A failed request may be retried with the same key and run again.
-                await to_thread.run_sync(store.release, organization_id, key)
+                await _settle(store.release, organization_id, key)
+
+
+async def _settle(action: Callable[..., None], *args: Any) -> None:
+    """Store or release the key after the response: the store may be busy (a 503's cause), so
+    try a few times; never raise once the response has started (ADR 0024)."""
+    for attempt in range(SETTLE_ATTEMPTS):
+        try:
+            await to_thread.run_sync(action, *args)
+            return
+        except Exception:
+            if attempt == SETTLE_ATTEMPTS - 1:
+                logger.exception("Could not %s an idempotency key", action.__name__)
+                return
+            await anyio.sleep(SETTLE_BACKOFF_S * (attempt + 1))
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, Receive]:

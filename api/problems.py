@@ -1,11 +1,15 @@
 """The one table from exceptions to error bodies: RFC 9457 problem details and Lago's shape."""
 
 import logging
+import sqlite3
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any, Final
 
+import psycopg
 from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from litestar import MediaType, Request, Response
 from litestar.exceptions import (
     HTTPException,
@@ -44,7 +48,14 @@ TITLES: Final = {
     422: "Unprocessable Entity",
     429: "Too Many Requests",
     500: "Internal Server Error",
+    503: "Service Unavailable",
 }
+# A store that is busy or unreachable answers 503 with this Retry-After (seconds): the client
+# retries with the same Idempotency-Key or transaction_id; a transaction is all or nothing
+# (ADR 0024).
+STORE_RETRY_AFTER_S: Final = 1
+# SQLite's transient failures: another writer holds the lock past the busy timeout, or I/O.
+SQLITE_TRANSIENT: Final = ("database is locked", "database table is locked", "disk i/o error")
 
 
 class RequestBodyError(Exception):
@@ -139,6 +150,41 @@ def _unexpected(exc: Exception) -> Response[dict[str, Any]]:
     return problem(500, "An unexpected error occurred; it has been logged.")
 
 
+def _store_unavailable(exc: Exception) -> Response[dict[str, Any]]:
+    """A store operational error: retryable 503 with Retry-After, never a 500; a programming
+    error that SQLite also reports as operational (no such table) stays a logged 500."""
+    if not _transient(exc):
+        return _unexpected(exc)
+    logger.warning("Store unavailable: %s: %s", type(exc).__name__, exc)
+    return problem(
+        503,
+        f"The store is busy or unreachable: retry in {STORE_RETRY_AFTER_S} s with the same "
+        "Idempotency-Key or transaction_id.",
+        "store_unavailable",
+        headers={"Retry-After": str(STORE_RETRY_AFTER_S)},
+    )
+
+
+def _transient(exc: BaseException) -> bool:
+    """Operational errors of the drivers and the pools, through eventsourcing's wrappers."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlite3.OperationalError):
+            return any(text in str(seen).lower() for text in SQLITE_TRANSIENT)
+        if isinstance(seen, psycopg.OperationalError | psycopg.InterfaceError):
+            return True  # Connection lost, pool timeout, serialization failure, deadlock.
+        seen = seen.__cause__
+    if isinstance(exc, TimeoutError):
+        return True  # eventsourcing's pool had no connection free (ConnectionUnavailableError).
+    # Wrapped by eventsourcing from its message alone.
+    text = str(exc).lower()
+    return not isinstance(exc, sqlite3.Error) and (
+        "timed out" in text
+        or "connection" in text
+        or any(transient in text for transient in SQLITE_TRANSIENT)
+    )
+
+
 def _http(exc: HTTPException) -> Response[dict[str, Any]]:
     if exc.status_code >= 500:
         return _unexpected(exc)
@@ -176,6 +222,11 @@ PROBLEMS: Final[dict[type[Exception], Callable[[Any], Response[dict[str, Any]]]]
     NotFoundException: lambda e: problem(404, "No such route.", "resource_not_found"),
     MethodNotAllowedException: lambda e: problem(405, str(e.detail), "method_not_allowed"),
     HTTPException: _http,
+    StoreOperationalError: _store_unavailable,  # Wrapped by eventsourcing's datastores.
+    StoreInterfaceError: _store_unavailable,
+    sqlite3.OperationalError: _store_unavailable,  # Raised by our own adapters' statements.
+    psycopg.OperationalError: _store_unavailable,  # PoolTimeout and TransactionRollback too.
+    psycopg.InterfaceError: _store_unavailable,
     SettingsError: _unexpected,
     Exception: _unexpected,
 }
