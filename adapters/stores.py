@@ -1,5 +1,6 @@
 """Composition of the ledger on one store: the application, its views and side tables."""
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from eventsourcing.sqlite import SQLiteFactory
 import adapters.sqlite_writes  # noqa: F401 (write transactions begin IMMEDIATE on SQLite)
 from adapters.audit_log import MemoryAuditLog, PostgresAuditLog, SQLiteAuditLog
 from adapters.data_keys import MemoryDataKeys, PostgresDataKeys, SQLiteDataKeys
+from adapters.faults import FaultInjector, fault_plan_from_env, inject
 from adapters.idempotency import (
     MemoryIdempotencyStore,
     PostgresIdempotencyStore,
@@ -27,6 +29,7 @@ from adapters.outbox import (
 )
 from adapters.payment_processors import processors_from_env
 from adapters.payment_store import MemoryPaymentStore, PostgresPaymentStore, SQLitePaymentStore
+from adapters.secret_seal import sealer_from_env
 from adapters.settings import Settings
 from adapters.usage_postgres import PostgresUsageLog
 from adapters.usage_sqlite import SQLiteUsageLog
@@ -154,7 +157,9 @@ def open_ledger(
         signing_keys = SQLiteSigningKeyStore(factory.datastore)
         audit_log = SQLiteAuditLog(factory.datastore)
         journal_view: JournalView = factory.tracking_recorder(SQLiteJournalView)  # type: ignore[assignment]
-        payment_store: PaymentStore = SQLitePaymentStore(factory.datastore)
+        payment_store: PaymentStore = SQLitePaymentStore(
+            factory.datastore, sealer_from_env(settings)
+        )
     elif isinstance(factory, PostgresFactory):
         idempotency = PostgresIdempotencyStore(factory.datastore)
         usage = PostgresUsageLog(factory.datastore)
@@ -162,7 +167,7 @@ def open_ledger(
         signing_keys = PostgresSigningKeyStore(factory.datastore)
         audit_log = PostgresAuditLog(factory.datastore)
         journal_view = factory.tracking_recorder(PostgresJournalView)
-        payment_store = PostgresPaymentStore(factory.datastore)
+        payment_store = PostgresPaymentStore(factory.datastore, sealer_from_env(settings))
     else:
         idempotency = MemoryIdempotencyStore()
         usage = MemoryUsageLog()
@@ -172,6 +177,8 @@ def open_ledger(
         journal_view = MemoryJournalView()
         payment_store = MemoryPaymentStore()
     billing.catch_up()
+    if (plan := fault_plan_from_env(os.environ)) is not None:  # Tests only (ADR 0024).
+        inject(getattr(factory, "datastore", None), FaultInjector(plan))
     return Ledger(
         billing,
         idempotency,

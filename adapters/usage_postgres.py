@@ -1,9 +1,12 @@
 """The usage log on PostgreSQL: one statement per batch stores the new events and their rollups.
 
-Measured shape (performance-and-reliability.md §7): the batch goes in as arrays (unnest), the
-insert skips known keys (ON CONFLICT DO NOTHING), and the rollups are upserted, sorted by key,
-from only the rows actually inserted; numbers are `numeric`, so every sum is exact. Only a batch
-that meets stored keys takes a second statement, to read them and compare fingerprints.
+Measured shape (performance-and-reliability.md §7): the batch goes in as arrays (unnest) and
+the rollups are upserted, sorted by key, from the rows inserted; numbers are `numeric`, so every
+sum is exact. A batch of new keys is one statement in its own transaction (autocommit): one round
+trip, and its row locks are never held while Python waits for the GIL. A batch that meets a
+stored key fails that statement as a whole (unique violation); its stored keys are then read
+and their fingerprints compared, and, unless every key was stored (a re-send, written by no one),
+a transaction inserts what is new, skipping known keys (ON CONFLICT DO NOTHING).
 
 Writers run concurrently (no lock). Each row carries the writing transaction's id
 (`position`, pg_current_xact_id()), and the watermark is one less than the oldest transaction
@@ -16,15 +19,18 @@ row's lock, in the same transaction.
 """
 
 import hashlib
-import json
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
+import msgspec
+from eventsourcing.persistence import IntegrityError
 from eventsourcing.postgres import PostgresDatastore
 from psycopg import Cursor
+from psycopg.errors import UniqueViolation
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Composable, Composed, Identifier, Literal
 
@@ -40,6 +46,12 @@ from application.usage_log import (
     usage_key,
 )
 from domain.usage import BUCKET_SECONDS, Rollup, UsageEvent, bucket_start
+
+# How long watermark() waits for the transactions running at its call to end, and how often
+# it looks.
+WATERMARK_WAIT_S: Final = 2.0
+WATERMARK_POLL_S: Final = 0.005
+_JSON = msgspec.json.Encoder()  # Properties to jsonb: any valid JSON text (jsonb normalises it).
 
 # Columns given by the caller, in the order of the append statement's arrays.
 _INPUT_COLUMNS = (
@@ -66,6 +78,7 @@ _ROLLUP_KEY = SQL("organization_id, external_subscription_id, code, bucket_start
 class PostgresUsageLog:
     def __init__(self, datastore: PostgresDatastore) -> None:
         self.datastore = datastore
+        self.watermark_wait_s = WATERMARK_WAIT_S
         schema = Identifier(datastore.schema)
         self.events_table = SQL("{0}.usage_events").format(schema)
         self.rollups_table = SQL("{0}.usage_rollups").format(schema)
@@ -86,7 +99,9 @@ class PostgresUsageLog:
         # Rendered once: psycopg caches the parsing of a plain query text, not of a Composed.
         with self.datastore.transaction(commit=False) as curs:
             self._append = self._append_statement().as_string(curs)
+            self._append_new = self._append_statement(skip_known=False).as_string(curs)
             self._totals = self._totals_statement().as_string(curs)
+            self._totals_at = self._totals_at_statement().as_string(curs)
 
     def _create_statements(self) -> list[Composed]:
         return [
@@ -131,7 +146,7 @@ class PostgresUsageLog:
             ).format(self.rollups_table, _ROLLUP_KEY),
         ]
 
-    def _append_statement(self) -> Composed:
+    def _append_statement(self, *, skip_known: bool = True) -> Composed:
         columns = SQL(", ").join(Identifier(name) for name, _ in _INPUT_COLUMNS)
         # Binary parameters: psycopg's text arrays escape every element with a regex.
         arrays = SQL(", ").join(SQL(f"%b::{sql_type}[]") for _, sql_type in _INPUT_COLUMNS)
@@ -144,7 +159,7 @@ class PostgresUsageLog:
             "ORDER BY ordinal), "
             "inserted AS (INSERT INTO {events} (sequence, {columns}) "
             "SELECT sequence, {columns} FROM numbered ORDER BY {key} "
-            "ON CONFLICT ({row_key}) DO NOTHING RETURNING *), "
+            "{on_conflict} RETURNING *), "
             "added AS ({upsert}) "
             "SELECT sequence, position, organization_id, external_subscription_id, "
             "transaction_id FROM inserted"
@@ -154,7 +169,9 @@ class PostgresUsageLog:
             sequence=Literal(self._sequence_name),
             events=self.events_table,
             key=_KEY,
-            row_key=_ROW_KEY,
+            on_conflict=SQL("ON CONFLICT ({0}) DO NOTHING").format(_ROW_KEY)
+            if skip_known
+            else SQL(""),
             upsert=self._upsert_rollups(SQL("inserted")),
         )
 
@@ -167,6 +184,27 @@ class PostgresUsageLog:
             "WHERE organization_id = %s AND external_subscription_id = %s AND code = %s "
             "AND bucket_start >= %s AND bucket_start < %s GROUP BY dimensions"
         ).format(self.rollups_table)
+
+    def _totals_at_statement(self) -> Composed:
+        """totals_at(): the live events of events(), grouped by code and dimensions."""
+        return SQL(
+            "SELECT e.code, e.dimensions, count(*)::bigint AS count, "
+            "coalesce(sum(e.value), 0) AS sum, max(e.value) AS max, "
+            "(array_agg(e.value ORDER BY e.timestamp DESC, e.value DESC) "
+            "FILTER (WHERE e.value IS NOT NULL))[1] AS latest_value, "
+            "max(e.timestamp) FILTER (WHERE e.value IS NOT NULL) AS latest_at, "
+            "coalesce(sum(e.precise_total_amount_cents), 0) AS precise_sum "
+            "FROM {0} e WHERE NOT e.reversal AND e.organization_id = %(org)s "
+            "AND e.external_subscription_id = %(sub)s AND e.code = ANY(%(codes)s) "
+            "AND e.timestamp >= %(start)s AND e.timestamp < %(end)s "
+            "AND e.position <= %(bound)s "
+            "AND NOT EXISTS (SELECT 1 FROM {0} v WHERE v.reversal "
+            "AND v.organization_id = %(org)s AND v.external_subscription_id = %(sub)s "
+            "AND v.code = e.code AND v.timestamp >= %(start)s AND v.timestamp < %(end)s "
+            "AND v.transaction_id = e.transaction_id AND v.timestamp = e.timestamp "
+            "AND v.position <= %(bound)s) "
+            "GROUP BY e.code, e.dimensions"
+        ).format(self.events_table)
 
     def _upsert_rollups(self, source: Composable) -> Composed:
         """Add the rollups of the events in `source` to the rollup rows, as combine() does.
@@ -211,8 +249,16 @@ class PostgresUsageLog:
             dedupe_batch(batch, {key: row["fingerprint"] for key, row in rows.items()})
             raise
         new = [batch[index] for index in firsts]
-        with self.datastore.transaction(commit=True) as curs:
-            inserted, rows = self._insert(curs, batch, new)
+        inserted, rows = self._insert_new(new), {}
+        if inserted is None:  # Some key is stored already, or being stored.
+            with self.datastore.cursor() as curs:
+                rows = self._stored(curs, [usage_key(usage) for usage in new])
+            dedupe_batch(batch, {key: row["fingerprint"] for key, row in rows.items()})
+            if len(rows) == len(new):
+                inserted = {}  # A re-send: every event is stored, nothing to write.
+            else:
+                with self.datastore.transaction(commit=True) as curs:
+                    inserted, rows = self._insert(curs, batch, new)
         results = {}
         for index, usage in zip(firsts, new, strict=True):
             key = usage_key(usage)
@@ -222,6 +268,22 @@ class PostgresUsageLog:
                 sequence, position = inserted[key]
                 results[index] = replace(usage, sequence=sequence, position=position)
         return [results[duplicates.get(index, index)] for index in range(len(batch))]
+
+    def _insert_new(self, new: Sequence[StoredUsage]) -> dict[UsageKey, tuple[int, int]] | None:
+        """The common case, in one round trip: a batch of keys never seen, stored by a single
+        statement outside any explicit transaction (its own, committed as it ends), so row locks
+        are held for the statement and its commit only, never while Python holds the GIL. A key
+        stored already, or being stored by a concurrent writer, fails the whole statement
+        (unique violation): None, and the caller takes the general path."""
+        try:
+            with self.datastore.cursor() as curs:
+                curs.execute(self._append_new, _arrays(new))
+                rows = curs.fetchall()
+        except IntegrityError as error:  # The datastore wraps psycopg's errors.
+            if isinstance(error.__cause__, UniqueViolation):
+                return None
+            raise
+        return {_row_key(row): (row["sequence"], row["position"]) for row in rows}
 
     def _insert(
         self, curs: Cursor[DictRow], batch: Sequence[StoredUsage], new: Sequence[StoredUsage]
@@ -438,25 +500,12 @@ class PostgresUsageLog:
         end_at: datetime,
     ) -> list[UsageTotal]:
         check_bucket_aligned(start_at, end_at)
-        with self.datastore.transaction(commit=False) as curs:
+        with self.datastore.cursor() as curs:  # One statement: its own snapshot.
             curs.execute(
                 self._totals, (organization_id, external_subscription_id, code, start_at, end_at)
             )
             rows = curs.fetchall()
-        totals = [
-            UsageTotal(
-                dimensions_from_text(row["dimensions"]),
-                Rollup(
-                    count=row["count"],
-                    sum=row["sum"],
-                    max=row["max"],
-                    latest_value=row["latest_value"],
-                    latest_at=_utc(row["latest_at"]),
-                ),
-                row["precise_sum"],
-            )
-            for row in rows
-        ]
+        totals = [_usage_total(row) for row in rows]
         return sorted(totals, key=lambda total: dimensions_text(total.dimensions))
 
     def events(
@@ -471,7 +520,7 @@ class PostgresUsageLog:
         # The reversals of the period come from their own (partial) index; an event is left out
         # if its reversal is at or below the bound. COLLATE "C": transaction ids in code point
         # order, as Python sorts them in the domain.
-        with self.datastore.transaction(commit=False) as curs:
+        with self.datastore.cursor() as curs:  # One statement: its own snapshot.
             curs.execute(
                 SQL(
                     "SELECT e.* FROM {0} e WHERE NOT e.reversal AND e.organization_id = %(org)s "
@@ -497,6 +546,38 @@ class PostgresUsageLog:
             )
             rows = curs.fetchall()
         return [_stored_usage(row) for row in rows]
+
+    def totals_at(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        codes: Sequence[str],
+        start_at: datetime,
+        end_at: datetime,
+        up_to_position: int,
+    ) -> dict[str, list[UsageTotal]]:
+        # events()'s rows, aggregated where they are (one round trip, no row leaves the
+        # server): the same expressions as the rollups (_aggregate), so the same totals.
+        with self.datastore.cursor() as curs:  # One statement: its own snapshot.
+            curs.execute(
+                self._totals_at,
+                {
+                    "org": organization_id,
+                    "sub": external_subscription_id,
+                    "codes": list(dict.fromkeys(codes)),
+                    "start": start_at,
+                    "end": end_at,
+                    "bound": up_to_position,
+                },
+            )
+            rows = curs.fetchall()
+        totals: dict[str, list[UsageTotal]] = {}
+        for row in rows:
+            totals.setdefault(row["code"], []).append(_usage_total(row))
+        return {
+            code: sorted(found, key=lambda total: dimensions_text(total.dimensions))
+            for code, found in totals.items()
+        }
 
     def events_since(
         self,
@@ -543,15 +624,30 @@ class PostgresUsageLog:
         return [_stored_usage(row) for row in rows]
 
     def watermark(self) -> int:
-        # Its own statement, in a transaction that writes nothing (so holds no id): every
-        # transaction with an id below the snapshot's xmin has ended.
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1 AS watermark"
-            )
-            row = curs.fetchone()
-        assert row is not None
-        return int(row["watermark"])
+        """One less than the oldest transaction id still running: every row at or below it has
+        committed or rolled back. Read by a statement of its own, in a transaction that writes
+        nothing (so holds no id).
+
+        The oldest running transaction may be anyone's, even another database's: while it runs
+        the watermark lags behind rows already committed (they are billed later, as late usage).
+        So it first waits, up to watermark_wait_s, for every transaction running at the call to
+        end: a billing run then covers every event acknowledged before it began.
+        """
+        deadline = time.monotonic() + self.watermark_wait_s
+        target: int | None = None
+        while True:
+            with self.datastore.cursor() as curs:
+                curs.execute(
+                    "SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, "
+                    "pg_snapshot_xmax(s)::text::bigint AS xmax FROM pg_current_snapshot() s"
+                )
+                row = curs.fetchone()
+            assert row is not None
+            xmin = int(row["xmin"])
+            target = int(row["xmax"]) if target is None else target
+            if xmin >= target or time.monotonic() >= deadline:
+                return xmin - 1
+            time.sleep(WATERMARK_POLL_S)
 
     def rebuild_rollups(self) -> int:
         with self.datastore.transaction(commit=True) as curs:
@@ -605,7 +701,7 @@ def _arrays(batch: Sequence[StoredUsage]) -> list[list[Any]]:
         [usage.event.code for usage in batch],
         [usage.event.timestamp for usage in batch],
         [usage.event.timestamp_given for usage in batch],
-        [json.dumps(dict(usage.event.properties), separators=(",", ":")) for usage in batch],
+        [_JSON.encode(dict(usage.event.properties)).decode() for usage in batch],
         [usage.event.precise_total_amount_cents for usage in batch],
         [usage.value for usage in batch],
         [dimensions_text(usage.dimensions) for usage in batch],
@@ -634,6 +730,20 @@ def _stored_usage(row: DictRow) -> StoredUsage:
         sequence=row["sequence"],
         position=row["position"],
         voided_at=_utc(row.get("voided_at")),
+    )
+
+
+def _usage_total(row: DictRow) -> UsageTotal:
+    return UsageTotal(
+        dimensions_from_text(row["dimensions"]),
+        Rollup(
+            count=row["count"],
+            sum=row["sum"],
+            max=row["max"],
+            latest_value=row["latest_value"],
+            latest_at=_utc(row["latest_at"]),
+        ),
+        row["precise_sum"],
     )
 
 

@@ -3,10 +3,11 @@
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
 
+from adapters.rate_limits import rate_leases
 from adapters.settings import Settings, settings_from_env
 from adapters.stores import Ledger, open_ledger
+from api.admission import AdmissionMiddleware, admission_from_env
 from api.auth import provide_billing, provide_organization_id, provide_raw_body
 from api.controllers.audit_logs import audit_logs
 from api.controllers.billable_metrics import BillableMetricController
@@ -14,7 +15,7 @@ from api.controllers.credit_notes import CreditNoteController
 from api.controllers.customers import CustomerController, customer_history
 from api.controllers.events import EventController
 from api.controllers.health import health
-from api.controllers.invoices import InvoiceController
+from api.controllers.invoices import InvoiceController, past_usage
 from api.controllers.journal import AnalyticsController, JournalController, ReportController
 from api.controllers.organizations import BillingEntityController, OrganizationController
 from api.controllers.payments import (
@@ -36,8 +37,9 @@ from api.controllers.wallets import (
 )
 from api.controllers.webhooks import WebhookController, WebhookEndpointController
 from api.idempotency import IdempotencyMiddleware
+from api.openapi import openapi_config
 from api.problems import exception_handlers
-from api.security import Limits, RateLimiter, SecurityMiddleware
+from api.security import Limits, SecurityMiddleware, SharedRateLimiter
 from api.webhook_payloads import WebhookPayloads
 from application.audit_log import AuditWriter
 from application.webhooks import DeliveryWorker, WebhookTransport
@@ -70,6 +72,7 @@ def create_app(
             SubscriptionController,
             EventController,
             current_usage,
+            past_usage,
             CreditNoteController,
             InvoiceController,
             JournalController,  # Tally's finance extensions and Lago's analytics (ADR 0019).
@@ -98,9 +101,13 @@ def create_app(
         dependencies={"billing": Provide(provide_billing, sync_to_thread=False)},
         exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         # Outermost first: keys, limits and the audit trail wrap everything, replays included.
-        middleware=[SecurityMiddleware(request_limits(ledger.settings)), IdempotencyMiddleware()],
+        middleware=[
+            AdmissionMiddleware(admission_from_env()),  # Overload: 503 at once (ADR 0024).
+            SecurityMiddleware(request_limits(ledger)),
+            IdempotencyMiddleware(),
+        ],
         state=State({"ledger": ledger, "webhooks": webhooks, "audit_writer": audit_writer}),
-        openapi_config=OpenAPIConfig(title="Tally", version="0.1.0", path="/openapi"),
+        openapi_config=openapi_config("Tally", "0.1.0"),  # Bodies and errors: api/openapi.py.
         on_startup=[
             audit_writer.start,
             ledger.top_ups.start,
@@ -117,10 +124,16 @@ def create_app(
     )
 
 
-def request_limits(settings: Settings) -> Limits:
-    """The body-size and per-key rate limits (ADR 0015); the rate limiter lives per app."""
+def request_limits(ledger: Ledger) -> Limits:
+    """The body-size and per-key rate limits (ADR 0015); the rate limit's buckets are shared
+    by every process on the ledger's store (ADR 0023)."""
+    settings = ledger.settings
     limiter = (
-        RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        SharedRateLimiter(
+            rate_leases(ledger.billing.factory),
+            settings.rate_limit_per_s,
+            settings.rate_limit_burst,
+        )
         if settings.rate_limit_per_s > 0
         else None
     )

@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_payments_commands(commands)
     add_journal_commands(commands)
 
-    webhooks = commands.add_parser("webhooks", help="deliver webhooks, show signing keys")
+    webhooks = commands.add_parser(
+        "webhooks", help="deliver webhooks, show and rotate signing keys"
+    )
     webhooks_commands = webhooks.add_subparsers(title="webhooks commands")
     deliver = webhooks_commands.add_parser(
         "deliver",
@@ -160,7 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
         "hmac-key", help="print the organization's HMAC key, which signs its hmac webhooks"
     )
     hmac_key.add_argument("name", help="the organization's name")
+    hmac_key.add_argument(
+        "--rotate",
+        action="store_true",
+        help="issue a new key, which signs from now on, and print it (ADR 0022)",
+    )
+    hmac_key.add_argument(
+        "--all", action="store_true", help="print every key it had, newest first, with dates"
+    )
     hmac_key.set_defaults(run=webhooks_hmac_key_command)
+    rotate_key = webhooks_commands.add_parser(
+        "rotate-key",
+        help="make a new RSA key pair that signs jwt webhooks from now on; the old public key "
+        "stays listed by GET /api/v1/webhooks/public_keys for TALLY_WEBHOOK_KEY_GRACE_S",
+    )
+    rotate_key.set_defaults(run=webhooks_rotate_key_command)
     return parser
 
 
@@ -536,9 +552,27 @@ def webhooks_hmac_key_command(args: argparse.Namespace) -> int:
             print(f"tally: no organization {args.name!r}", file=sys.stderr)
             return 1
         webhooks = ledger.open_webhooks(WebhookPayloads(ledger.webhook_settings.api_url))
-        print(webhooks.hmac_key(organization.id))
+        if args.rotate:
+            print(webhooks.rotate_hmac_key(organization.id))
+        elif args.all:
+            for key, issued_at in webhooks.hmac_keys(organization.id):
+                print(f"{key} {issued_at.isoformat()}")
+        else:
+            print(webhooks.hmac_key(organization.id))
     finally:
         ledger.close()
+    return 0
+
+
+def webhooks_rotate_key_command(args: argparse.Namespace) -> int:
+    ledger = open_ledger(settings_from_env())
+    try:
+        webhooks = ledger.open_webhooks(WebhookPayloads(ledger.webhook_settings.api_url))
+        key = webhooks.rotate_signing_key()
+    finally:
+        ledger.close()
+    print(f"New signing key {key.kid}; the previous one stays listed for the grace period.")
+    print(key.public_key_pem.decode(), end="")
     return 0
 
 

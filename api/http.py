@@ -15,6 +15,10 @@ from domain.limits import PER_PAGE_DEFAULT, PER_PAGE_MAX
 
 T = TypeVar("T")
 
+# A page past this holds nothing (PER_PAGE_MAX x PAGE_MAX rows), and its offset still fits the
+# stores' 64-bit integers: a larger one is refused, never an overflow (R9 found it).
+PAGE_MAX = 2**31 - 1
+
 _MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?")
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `(?P<at>[^`]+)`)?")
 _AT = re.compile(r" - at `(?P<at>[^`]+)`$")
@@ -100,15 +104,18 @@ def iso(instant: datetime | None) -> str | None:
     """Lago's timestamp format: ISO 8601 in UTC with a Z, to the second."""
     if instant is None:
         return None
-    return instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = instant.astimezone(UTC)
+    if utc.year < 1000:  # isoformat pads the year where strftime may not: keep strftime's.
+        return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return utc.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def iso_ms(instant: datetime) -> str:
-    """Event timestamps keep milliseconds, as Lago's do."""
-    return (
-        instant.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        + f"{instant.microsecond // 1000:03d}Z"
-    )
+    """Event timestamps keep milliseconds (truncated), as Lago's do."""
+    utc = instant.astimezone(UTC)
+    if utc.year < 1000:
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def iso_date(day: date | None) -> str | None:
@@ -130,7 +137,7 @@ class PaginationMeta(Output):
 def pagination(page: int | None, per_page: int | None) -> tuple[int, int]:
     page = 1 if page is None else page
     per_page = PER_PAGE_DEFAULT if per_page is None else per_page
-    if page < 1:
+    if not 1 <= page <= PAGE_MAX:
         raise BadQueryError("page")
     if not 1 <= per_page <= PER_PAGE_MAX:
         raise BadQueryError("per_page")

@@ -5,12 +5,14 @@ appends every mutating request of a known key to the hash-chained audit log.
 Keys never leave this module but as their ids: not in logs, responses or the audit log.
 """
 
+import asyncio
 import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from datetime import datetime
+from typing import Any, Final, Protocol
 from uuid import UUID, uuid4
 
 from anyio import to_thread
@@ -21,6 +23,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api.auth import GRANT_SCOPE_KEY, grant_for
 from api.problems import PROBLEM_JSON, problem_body
 from application.audit_log import AuditEntry, AuditWriter
+from application.fresh_aggregates import FreshAggregates
 from application.keys import ApiKeyGrant
 
 API_PREFIX: Final = "/api/v1/"
@@ -81,8 +84,9 @@ class RateDecision:
 
 
 class RateLimiter:
-    """A token bucket per key, in this process: `burst` requests at once, refilled at
-    `rate_per_s`. The middleware runs it on the event loop, so it needs no lock."""
+    """A token bucket per key, in one process: `burst` requests at once, refilled at
+    `rate_per_s` (ADR 0015). The API now uses SharedRateLimiter, which holds across processes;
+    this is the reference it must agree with in a single process."""
 
     def __init__(
         self, rate_per_s: float, burst: int, clock: Callable[[], float] = time.monotonic
@@ -107,12 +111,102 @@ class RateLimiter:
         return RateDecision(True, self.burst, int(tokens), full_in_s)
 
 
+class RateLeases(Protocol):
+    """The store's shared buckets (adapters/rate_limits.py)."""
+
+    def lease(self, key_id: UUID, want: int, rate_per_s: float, burst: int) -> tuple[int, float]:
+        """Refill the key's bucket and take up to `want` tokens: (granted, tokens left)."""
+
+
+# A lease lasts this long: tokens a process leased and did not spend by then are dropped, so a
+# process never spends old tokens together with a full bucket (at most one lease above burst).
+LEASE_S: Final = 1.0
+# A lease takes this many seconds' worth of the rate (10 ms: 100 tokens at the default 10 000
+# a second), so a key at full speed costs each process at most ~100 leases a second.
+LEASE_RATE_S: Final = 0.01
+
+
+@dataclass
+class _Lease:
+    tokens: int  # Leased, not spent yet.
+    left: float  # The shared bucket's tokens after the lease (what `remaining` shows).
+    until: float  # Spend by then (clock).
+
+
+class SharedRateLimiter:
+    """The per-key token bucket of ADR 0015, shared by every process on the store (ADR 0023).
+
+    Each process leases tokens in batches from the key's row (one round trip per lease) and
+    spends them locally, so most requests cost no I/O; a refusal is remembered until a token
+    is due, so a client hammering a limited key does not reach the database either. Leased
+    tokens are counted as spent by every process, so the processes together never exceed the
+    rate; a process holds at most one batch that others cannot use, for at most LEASE_S.
+    """
+
+    def __init__(
+        self,
+        leases: RateLeases,
+        rate_per_s: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        assert rate_per_s > 0 and burst >= 1, (rate_per_s, burst)
+        self.leases = leases
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.clock = clock
+        self.batch = max(1, min(burst, math.ceil(rate_per_s * LEASE_RATE_S)))
+        self._held: dict[UUID, _Lease] = {}
+        self._refused_until: dict[UUID, float] = {}
+        self._locks: dict[UUID, asyncio.Lock] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def take(self, key_id: UUID) -> RateDecision:
+        decision = self._spend(key_id)
+        if decision is not None:
+            return decision  # The common case: no I/O, no await.
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # Locks belong to one event loop (a test may start several).
+            self._loop, self._locks = loop, {}
+        async with self._locks.setdefault(key_id, asyncio.Lock()):  # One lease at a time.
+            decision = self._spend(key_id)  # Another request may have leased meanwhile.
+            if decision is not None:
+                return decision
+            granted, left = await to_thread.run_sync(
+                self.leases.lease, key_id, self.batch, self.rate_per_s, self.burst
+            )
+            now = self.clock()
+            if granted < 1:
+                wait_s = (1 - left) / self.rate_per_s
+                self._refused_until[key_id] = now + wait_s
+                return RateDecision(False, self.burst, 0, max(1, math.ceil(wait_s)))
+            self._refused_until.pop(key_id, None)
+            self._held[key_id] = _Lease(granted, left, now + LEASE_S)
+            decision = self._spend(key_id)
+            assert decision is not None
+            return decision
+
+    def _spend(self, key_id: UUID) -> RateDecision | None:
+        """Spend a leased token, or refuse while a refusal holds; None: a lease is needed."""
+        now = self.clock()
+        refused_until = self._refused_until.get(key_id)
+        if refused_until is not None and now < refused_until:
+            return RateDecision(False, self.burst, 0, max(1, math.ceil(refused_until - now)))
+        held = self._held.get(key_id)
+        if held is None or held.tokens < 1 or held.until <= now:
+            return None
+        held.tokens -= 1
+        remaining = min(self.burst, int(held.left) + held.tokens)
+        full_in_s = math.ceil((self.burst - remaining) / self.rate_per_s)
+        return RateDecision(True, self.burst, remaining, full_in_s)
+
+
 @dataclass(frozen=True)
 class Limits:
     """What create_app configures (adapters/settings.py reads the environment)."""
 
     body_max_bytes: int
-    rate_limiter: RateLimiter | None  # None: no rate limit.
+    rate_limiter: SharedRateLimiter | None  # None: no rate limit.
 
 
 # The middleware.
@@ -128,9 +222,25 @@ class SecurityMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         ledger: Any = scope["app"].state.ledger
-        method, path = http["method"], http["path"]
-        headers = Headers.from_scope(scope)
         received_at = ledger.billing.now()
+        # Authentication and usage validation share one refresh of the hot aggregates.
+        arrival = FreshAggregates.of(ledger.billing).arrive()
+        try:
+            await self._handle(http, ledger, received_at, receive, send, next_app)
+        finally:
+            FreshAggregates.leave(arrival)
+
+    async def _handle(
+        self,
+        http: dict[str, Any],
+        ledger: Any,
+        received_at: datetime,
+        receive: Receive,
+        send: Send,
+        next_app: ASGIApp,
+    ) -> None:
+        method, path = http["method"], http["path"]
+        headers = Headers.from_scope(http)  # type: ignore[arg-type]
         grant: ApiKeyGrant | None = await to_thread.run_sync(
             grant_for, ledger.billing, headers.get("authorization")
         )
@@ -164,7 +274,7 @@ class SecurityMiddleware(ASGIMiddleware):
                     occurred_at=received_at,
                 )
                 # Queued: the writer commits it off this connection (application/audit_log.py).
-                writer: AuditWriter = scope["app"].state.audit_writer
+                writer: AuditWriter = http["app"].state.audit_writer
                 writer.submit(entry)
 
     async def _guarded(
@@ -180,7 +290,7 @@ class SecurityMiddleware(ASGIMiddleware):
     ) -> None:
         limiter = self.limits.rate_limiter
         if grant is not None and limiter is not None:
-            decision = limiter.take(grant.api_key_id)
+            decision = await limiter.take(grant.api_key_id)
             if not decision.allowed:
                 detail = f"Too many requests for this API key: retry in {decision.reset_s} s."
                 await _send_problem(send, 429, detail, "too_many_requests", decision.headers())
@@ -271,6 +381,8 @@ def _resource_key(path: str, response: bytes) -> str | None:
     parts = path.removeprefix(API_PREFIX).strip("/").split("/")
     if len(parts) > 1 and parts[1] not in ACTIONS:
         return parts[1]
+    if parts[-1] == "batch":
+        return None  # Many resources: not worth decoding a large answer on the hot path.
     try:
         body = json.loads(response)
     except ValueError:
@@ -284,4 +396,13 @@ def _resource_key(path: str, response: bytes) -> str | None:
     return None
 
 
-__all__ = ["Limits", "RateDecision", "RateLimiter", "SecurityMiddleware", "refusal", "resource_of"]
+__all__ = [
+    "Limits",
+    "RateDecision",
+    "RateLeases",
+    "RateLimiter",
+    "SecurityMiddleware",
+    "SharedRateLimiter",
+    "refusal",
+    "resource_of",
+]

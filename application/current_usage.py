@@ -60,11 +60,25 @@ class UsageQueries:
         external_subscription_id: str,
         *,
         apply_taxes: bool = True,
+        since_arrival: bool = False,
     ) -> CustomerUsage:
-        """Lago's current_usage: the open charges period, from its start to now."""
+        """Lago's current_usage: the open charges period, from its start to now. One refresh
+        of the hot aggregates in all; a read-only request may take its arrival's
+        (FreshAggregates.refresh)."""
+        with self.rating.snapshot(since_arrival=since_arrival):
+            return self._current_usage(
+                organization_id, external_customer_id, external_subscription_id, apply_taxes
+            )
+
+    def _current_usage(
+        self,
+        organization_id: UUID,
+        external_customer_id: str,
+        external_subscription_id: str,
+        apply_taxes: bool,
+    ) -> CustomerUsage:
         billing = self.billing
         aggregates = self.rating.aggregates
-        aggregates.refresh()
         customer = _owned(
             aggregates,
             Customer,

@@ -1,25 +1,23 @@
 """API keys: issue with a scope and an optional expiry, list, revoke, and authenticate.
 
 A key is random, shown once and stored as its hash (the ApiKey aggregate, whose id is the key's
-id). Authentication caches what it loaded, but every request first asks the store whether the
-key's aggregate changed since (one indexed query on the events table), so a revocation recorded
+id). Authentication reads keys through FreshAggregates: each request first reads the changes
+recorded since the last look (one query, shared by concurrent requests), so a revocation recorded
 by any process is refused by every process from its next request (ADR 0015).
 """
 
-import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
 from application.base import BillingBase
 from application.errors import NotFoundError
+from application.fresh_aggregates import FreshAggregates
 from domain import ids
 from domain.organization import ApiKey, IssuedApiKey, Organization, api_key_hash, new_api_key
-
-GRANTS_CACHED_MAX: Final = 10_000  # Keys remembered per process; a full cache starts over.
 
 
 @dataclass(frozen=True)
@@ -38,11 +36,6 @@ class ApiKeyGrant:
 
 
 class ApiKeyCommands(BillingBase):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self._grants: dict[str, ApiKeyGrant] = {}  # By key hash.
-        self._grants_lock = threading.Lock()
-        super().__init__(*args, **kwargs)
-
     def create_api_key(
         self,
         organization_id: UUID,
@@ -89,28 +82,31 @@ class ApiKeyCommands(BillingBase):
             organization.revoke_api_key(api_key_id, now)
             return [organization, key]
 
-        organization, key = self._command_many("api_key", api_key_id, decide)
-        with self._grants_lock:  # This process forgets it now; the others at their next check.
-            self._grants.pop(key.key_hash, None)
+        organization, _ = self._command_many("api_key", api_key_id, decide)
         issued: IssuedApiKey = organization.api_keys[api_key_id]
         return issued
 
     def authenticate_api_key(self, api_key: str) -> ApiKeyGrant | None:
-        """The grant of a known, unrevoked and unexpired key; None for any other."""
-        key_hash = api_key_hash(api_key)
-        api_key_id = ids.api_key_index_id(key_hash)
-        with self._grants_lock:
-            grant = self._grants.get(key_hash)
-        if grant is not None and self.recorder.select_events(api_key_id, gt=grant.version, limit=1):
-            grant = None  # Changed since it was cached (revoked): read it again.
-        if grant is None:
-            grant = self._load_grant(api_key_id)
-            if grant is None:
-                return None
-            with self._grants_lock:
-                if len(self._grants) >= GRANTS_CACHED_MAX:
-                    self._grants.clear()
-                self._grants[key_hash] = grant
+        """The grant of a known, unrevoked and unexpired key; None for any other.
+
+        Keys are cached with the other hot aggregates (FreshAggregates): its refresh, one query
+        shared by concurrent requests, forgets a key revoked in any process before this call.
+        """
+        aggregates = FreshAggregates.of(self)
+        aggregates.refresh(since_arrival=True)
+        try:
+            key: Any = aggregates.get(ids.api_key_index_id(api_key_hash(api_key)))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(key, ApiKey), key
+        grant = ApiKeyGrant(
+            api_key_id=key.id,
+            organization_id=key.organization_id,
+            scope=key.scope,
+            expires_at=key.expires_at,
+            revoked_at=key.revoked_at,
+            version=key.version,
+        )
         return grant if grant.is_valid_at(self.now()) else None
 
     def organization_for_api_key(self, api_key: str) -> UUID | None:
@@ -124,21 +120,6 @@ class ApiKeyCommands(BillingBase):
             organization_id,
             organization_id,
             NotFoundError("organization", organization_id),
-        )
-
-    def _load_grant(self, api_key_id: UUID) -> ApiKeyGrant | None:
-        try:
-            key: Any = self.repository.get(api_key_id)
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(key, ApiKey), key
-        return ApiKeyGrant(
-            api_key_id=key.id,
-            organization_id=key.organization_id,
-            scope=key.scope,
-            expires_at=key.expires_at,
-            revoked_at=key.revoked_at,
-            version=key.version,
         )
 
 

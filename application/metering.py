@@ -94,7 +94,7 @@ class Metering:
         if batch and len(events) > self.batch_max:
             raise BatchSizeError("too_many_events", len(events), self.batch_max)
         received_at = self.billing.now().astimezone(UTC)
-        self.aggregates.refresh()
+        self.aggregates.refresh(since_arrival=True)
         context = _Context(self.aggregates, organization_id)
         records = []
         for position, event in enumerate(events):
@@ -150,7 +150,6 @@ class _Context:
         self.organization_id = organization_id
         self.subscriptions: dict[str, Subscription | None] = {}
         self.metrics: dict[str, BillableMetric | None] = {}
-        self.group_keys: dict[tuple[UUID, int, str], tuple[str, ...]] = {}
 
     def record(self, event: EventInput, received_at: datetime) -> StoredUsage:
         transaction_id = _required(event.transaction_id, "transaction_id")
@@ -221,25 +220,26 @@ class _Context:
         return found
 
     def _group_keys(self, subscription: Subscription, at: datetime, code: str) -> tuple[str, ...]:
-        """The pricing group keys of the charges on this metric in the plan version in force."""
+        """The pricing group keys of the charges on this metric in the plan version in force
+        (kept until the next recorded change: reading a plan's definition copies it)."""
         plan = subscription.plan_at(at)
-        cache_key = (plan.plan_id, plan.plan_version, code)
-        if cache_key not in self.group_keys:
-            keys: list[str] = []
-            definition = _plan_definition(self.aggregates, plan.plan_id, plan.plan_version)
-            for charge in definition.get("charges", []):
-                if charge["billable_metric_code"] == code:
-                    keys.extend(pricing_group_keys(charge["properties"]))
-                    for charge_filter in charge.get("filters", []):
-                        keys.extend(pricing_group_keys(charge_filter["properties"]))
-            self.group_keys[cache_key] = tuple(dict.fromkeys(keys))
-        return self.group_keys[cache_key]
+        return self.aggregates.memo(
+            ("group_keys", plan.plan_id, plan.plan_version, code),
+            lambda: _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code),
+        )
 
 
-def _plan_definition(aggregates: FreshAggregates, plan_id: UUID, version: int) -> dict[str, Any]:
+def _group_keys(
+    aggregates: FreshAggregates, plan_id: UUID, version: int, code: str
+) -> tuple[str, ...]:
     plan: Any = aggregates.get(plan_id)  # domain.plan.Plan
-    definition: dict[str, Any] = plan.definition(version)
-    return definition
+    keys: list[str] = []
+    for charge in plan.definition(version).get("charges", []):
+        if charge["billable_metric_code"] == code:
+            keys.extend(pricing_group_keys(charge["properties"]))
+            for charge_filter in charge.get("filters", []):
+                keys.extend(pricing_group_keys(charge_filter["properties"]))
+    return tuple(dict.fromkeys(keys))
 
 
 def _required(value: str | None, field: str) -> str:

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
+from application.fresh_aggregates import FreshAggregates
 from application.usage_log import StoredUsage
 from application.wallets import Wallets
 from domain import ids
@@ -41,6 +42,7 @@ class TopUpWorker:
         self._queued: set[tuple[UUID, str]] = set()
         self._lock = threading.Lock()
         self._customers: dict[tuple[UUID, str], str | None] = {}
+        self._aggregates = FreshAggregates.of(wallets.billing)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -74,13 +76,14 @@ class TopUpWorker:
             except queue.Empty:
                 break
         customers: set[tuple[UUID, str]] = set()
+        self._aggregates.refresh()
         for key in keys:
             if key is None:
                 continue  # stop()'s wake-up.
             with self._lock:
                 self._queued.discard(key)  # From here on a new ingest queues it again.
             customer = self._customer_of(*key)
-            if customer is not None:
+            if customer is not None and customer in self._wallet_holders(key[0]):
                 customers.add((key[0], customer))
         for organization_id, external_customer_id in sorted(customers):
             try:
@@ -126,6 +129,23 @@ class TopUpWorker:
         self._queue.put(None)
         for thread in self._threads:
             thread.join(STOP_TIMEOUT_S)
+
+    def _wallet_holders(self, organization_id: UUID) -> frozenset[str]:
+        """The organization's customers that have a wallet: the others have nothing to refresh.
+
+        Kept until the next change recorded in the event store (a new wallet is one), so usage
+        alone costs no query here.
+        """
+
+        def holders() -> frozenset[str]:
+            billing = self.wallets.billing
+            billing.catch_up()  # The index holds every wallet recorded so far.
+            found, _ = billing.index.view.page(organization_id, "wallet", 1, 10**9)
+            return frozenset(
+                self._aggregates.get(wallet_id).external_customer_id for wallet_id in found
+            )
+
+        return self._aggregates.memo(("wallet_holders", organization_id), holders)
 
     def _customer_of(self, organization_id: UUID, external_subscription_id: str) -> str | None:
         """A subscription's customer (it never changes, so it is cached)."""

@@ -15,6 +15,7 @@ from typing import Final, Protocol
 from uuid import UUID
 
 from application.errors import TransactionIdConflictError
+from domain.json_text import is_plain, plain_or_null
 from domain.money import EXACT
 from domain.usage import (
     EMPTY_ROLLUP,
@@ -146,6 +147,20 @@ class UsageLog(Protocol):
         up_to_position (an event at or below it whose reversal, if any, is above it), ordered by
         (timestamp, transaction_id), voided_at None. Without a bound, every event not voided."""
 
+    def totals_at(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        codes: Sequence[str],
+        start_at: datetime,
+        end_at: datetime,
+        up_to_position: int,
+    ) -> dict[str, list[UsageTotal]]:
+        """From the log itself, in one read: for each code, one total per dimension combination
+        of the events that events() returns (live at up_to_position, start_at <= timestamp <
+        end_at), from their stored values (`value`, the precise amount), sorted as totals().
+        A code without such events is absent. The bounds need not be bucket-aligned."""
+
     def events_since(
         self,
         organization_id: UUID,
@@ -222,6 +237,11 @@ def dimensions_text(dimensions: Dimensions) -> str:
     """Canonical JSON of the dimension pairs (sorted by key): how stores key rollup rows."""
     keys = [key for key, _ in dimensions]
     assert keys == sorted(set(keys)), dimensions
+    if all(is_plain(key) and (value is None or is_plain(value)) for key, value in dimensions):
+        # What json.dumps below gives, joined directly (ingest computes one per event).
+        return (
+            "[" + ",".join(f'["{key}",{plain_or_null(value)}]' for key, value in dimensions) + "]"
+        )
     return json.dumps([list(pair) for pair in dimensions], separators=(",", ":"))
 
 
@@ -263,6 +283,21 @@ def rollup_rows(records: Iterable[StoredUsage]) -> dict[RollupKey, RollupRow]:
     for usage in records:
         grouped[rollup_key(usage)].append(rollup_row(usage))
     return {key: merge_rollup_rows(rows) for key, rows in grouped.items()}
+
+
+def totals_of(records: Iterable[StoredUsage]) -> dict[str, list[UsageTotal]]:
+    """Per code, one total per dimension combination of the records, sorted as totals()."""
+    grouped: dict[tuple[str, Dimensions], list[RollupRow]] = defaultdict(list)
+    for usage in records:
+        grouped[(usage.event.code, usage.dimensions)].append(rollup_row(usage))
+    totals: dict[str, list[UsageTotal]] = defaultdict(list)
+    for (code, dimensions), rows in grouped.items():
+        rollup, precise = merge_rollup_rows(rows)
+        totals[code].append(UsageTotal(dimensions, rollup, precise))
+    return {
+        code: sorted(found, key=lambda total: dimensions_text(total.dimensions))
+        for code, found in totals.items()
+    }
 
 
 def check_bucket_aligned(start_at: datetime, end_at: datetime) -> None:
@@ -462,6 +497,23 @@ class MemoryUsageLog:
             start_at,
             end_at,
             lambda record: self._live(record, up_to_position),
+        )
+
+    def totals_at(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        codes: Sequence[str],
+        start_at: datetime,
+        end_at: datetime,
+        up_to_position: int,
+    ) -> dict[str, list[UsageTotal]]:
+        return totals_of(
+            record
+            for code in dict.fromkeys(codes)
+            for record in self.events(
+                organization_id, external_subscription_id, code, start_at, end_at, up_to_position
+            )
         )
 
     def events_since(

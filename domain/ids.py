@@ -1,13 +1,15 @@
 """Aggregate ids from natural keys: uuid5 of a JSON array, so two keys never share an id."""
 
-import json
+from functools import lru_cache
 from uuid import UUID, uuid5
+
+from domain.json_text import string_array
 
 NAMESPACE = UUID("6f1c2b4e-5d0a-4e8b-9a7c-3b2d1e0f9a8c")
 
 
 def _id(*parts: str | UUID) -> UUID:
-    return uuid5(NAMESPACE, json.dumps([str(part) for part in parts], separators=(",", ":")))
+    return uuid5(NAMESPACE, string_array([str(part) for part in parts]))
 
 
 def organization_id(name: str) -> UUID:
@@ -53,6 +55,7 @@ def tax_id(organization_id: UUID, code: str) -> UUID:
     return _id("tax", organization_id, code)
 
 
+@lru_cache(maxsize=65_536)  # Every usage event names one: ingest and its response ask often.
 def subscription_id(organization_id: UUID, external_id: str) -> UUID:
     return _id("subscription", organization_id, external_id)
 

@@ -3,10 +3,12 @@
 from typing import Any
 from uuid import UUID
 
+from anyio import to_thread
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
+from api.auth import provide_organization_id
 from api.http import (
     Envelope,
     Input,
@@ -127,29 +129,35 @@ class EventController(Controller):
     tags = ("Events",)
     dependencies = {"metering": Provide(provide_metering, sync_to_thread=False)}  # noqa: RUF012
 
-    @post(operation_id="createEvent", status_code=200, sync_to_thread=True)
-    def create(
-        self,
-        raw_body: NamedDependency[bytes],
-        metering: NamedDependency[Metering],
-        organization_id: NamedDependency[UUID],
-    ) -> EventResponse:
-        """Record one usage event; an identical re-send is accepted and counted once."""
-        body = decode_body(raw_body, EventRequest, "event").event
-        [stored] = metering.ingest(organization_id, [_input(body)], batch=False)
-        return EventResponse(event=event_object(stored))
+    # The hot path: no dependency injection (Litestar resolves several dependencies in a task
+    # group, which costs more than the rest of a small request) and one thread hop.
 
-    @post("/batch", operation_id="createBatchEvents", status_code=200, sync_to_thread=True)
-    def create_batch(
-        self,
-        raw_body: NamedDependency[bytes],
-        metering: NamedDependency[Metering],
-        organization_id: NamedDependency[UUID],
-    ) -> EventsResponse:
+    @post(operation_id="createEvent", status_code=200)
+    async def create(self, request: Request[Any, Any, Any]) -> EventResponse:
+        """Record one usage event; an identical re-send is accepted and counted once."""
+        organization_id, raw_body = provide_organization_id(request), await request.body()
+        metering = provide_metering(request)
+
+        def ingest() -> EventResponse:
+            body = decode_body(raw_body, EventRequest, "event").event
+            [stored] = metering.ingest(organization_id, [_input(body)], batch=False)
+            return EventResponse(event=event_object(stored))
+
+        return await to_thread.run_sync(ingest)
+
+    @post("/batch", operation_id="createBatchEvents", status_code=200)
+    async def create_batch(self, request: Request[Any, Any, Any]) -> EventsResponse:
         """Record up to the batch maximum of events, all or nothing."""
-        body = decode_body(raw_body, EventsBatchRequest, "events")
-        stored = metering.ingest(organization_id, [_input(e) for e in body.events], batch=True)
-        return EventsResponse(events=[event_object(s) for s in stored])
+        organization_id, raw_body = provide_organization_id(request), await request.body()
+        metering = provide_metering(request)
+
+        def ingest() -> EventsResponse:
+            body = decode_body(raw_body, EventsBatchRequest, "events")
+            events = [_input(event) for event in body.events]
+            stored = metering.ingest(organization_id, events, batch=True)
+            return EventsResponse(events=[event_object(record) for record in stored])
+
+        return await to_thread.run_sync(ingest)
 
     @post(
         "/{transaction_id:str}/void", operation_id="voidEvent", status_code=200, sync_to_thread=True

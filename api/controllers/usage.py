@@ -181,5 +181,6 @@ def current_usage(
         external_id,
         external_subscription_id,
         apply_taxes=parse_bool(apply_taxes, "apply_taxes", default=True),
+        since_arrival=True,  # A read-only request: authentication's refresh serves it.
     )
     return CustomerUsageResponse(customer_usage=customer_usage_object(usage))
