@@ -92,12 +92,15 @@ class FreshAggregates:
                 self._flight.wait()
             else:
                 return
+        refreshed = False
         try:
             self._refresh()
+            refreshed = True
         finally:
             with self._flight:
                 self._running = False
-                self._finished = number
+                if refreshed:  # A failed refresh counts for no one: a waiter starts another.
+                    self._finished = number
                 self._flight.notify_all()
 
     def _refresh(self) -> None:

@@ -91,3 +91,44 @@ def test_a_request_shares_one_refresh_since_its_arrival(ledger: Ledger) -> None:
         FreshAggregates.leave(arrival)
     cache.refresh(since_arrival=True)  # Outside a request: as fresh as the call.
     assert slow.reads == 3
+
+
+def test_a_failed_refresh_counts_for_no_one(ledger: Ledger) -> None:
+    billing = ledger.billing
+    organization, _ = billing.create_organization("acme")
+    billing.upsert_customer(organization.id, "c1", {"timezone": "Europe/Paris"})
+    cache = FreshAggregates(billing)
+    cache.refresh()
+    customer_id = ids.customer_id(organization.id, "c1")
+    assert cache.get(customer_id).fields["timezone"] == "Europe/Paris"
+    billing.upsert_customer(organization.id, "c1", {"timezone": "Asia/Tokyo"})
+    select = billing.recorder.select_notifications
+    failing = threading.Event()
+
+    def fail_once(*args: Any, **kwargs: Any) -> Any:
+        if not failing.is_set():
+            failing.set()
+            time.sleep(0.1)  # The request below arrives and waits for this refresh.
+            raise ConnectionError("the store went away")
+        return select(*args, **kwargs)
+
+    billing.recorder.select_notifications = fail_once  # type: ignore[method-assign]
+    arrival = cache.arrive()
+    try:
+        errors: list[BaseException] = []
+
+        def first() -> None:
+            try:
+                cache.refresh(since_arrival=True)
+            except ConnectionError as error:
+                errors.append(error)
+
+        failed = threading.Thread(target=first)
+        failed.start()
+        failing.wait(5)
+        cache.refresh(since_arrival=True)  # Not served by the failed one: a refresh of its own.
+        failed.join()
+    finally:
+        FreshAggregates.leave(arrival)
+    assert len(errors) == 1
+    assert cache.get(customer_id).fields["timezone"] == "Asia/Tokyo"

@@ -3,10 +3,11 @@ the shared one) while four clients load `tally serve --workers 2` and retry ever
 with the same keys. Every acknowledged event is stored after recovery, none twice, and usage
 equals the oracle.
 
-Deep tier only (`make reliability`): it needs the PostgreSQL server binaries and a `postgres`
-system user, and reuses tests/integration/test_postgres_crash.py's private cluster. The store
-may absorb the restart by reconnecting, so the figures count what clients saw (errors and the
-longest wait between acknowledgements), and the test checks that the load spanned the restart.
+In the fast tier (about 20 s) and the deep one alike: it needs the PostgreSQL server binaries
+and a `postgres` system user, and reuses tests/integration/test_postgres_crash.py's private
+cluster. The store may absorb the restart by reconnecting, so the figures count what clients
+saw (errors and the longest wait between acknowledgements), and the test checks that the load
+spanned the restart.
 """
 
 import itertools
@@ -32,7 +33,7 @@ from tests.integration.test_postgres_crash import PG_BIN, PrivateCluster
 from tests.reliability.battery import report, seed
 from tests.serving import ServerProcess, setup_catalog, usage_totals
 
-pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+pytestmark = pytest.mark.reliability
 
 EVENTS = 8_000
 BATCH = 50
