@@ -278,7 +278,7 @@ class PostgresUsageLog:
                 results[index] = _resent(usage, rows[key])
             else:
                 sequence, position = inserted[key]
-                results[index] = replace(usage, sequence=sequence, position=position)
+                results[index] = usage.placed(sequence, position)
         return [results[duplicates.get(index, index)] for index in range(len(batch))]
 
     def _insert_new(self, new: Sequence[StoredUsage]) -> dict[UsageKey, tuple[int, int]] | None:

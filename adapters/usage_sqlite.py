@@ -11,7 +11,6 @@ recomputes the event's rollup row from the live log in the same transaction.
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -32,7 +31,7 @@ from application.usage_log import (
     dimensions_text,
     merge_rollup_rows,
     rollup_rows,
-    totals_of,
+    totals_from_events,
     usage_key,
 )
 from domain.usage import BUCKET_SECONDS, Rollup, UsageEvent, bucket_start, rollup_of_value
@@ -123,7 +122,7 @@ class SQLiteUsageLog:
                 if row is None:
                     pending.append(index)  # Stored before: identical, or a conflict.
                 else:
-                    results[index] = replace(usage, sequence=row[0], position=row[0])
+                    results[index] = usage.placed(row[0], row[0])
                     added.append(results[index])
             if pending:
                 stored = self._stored(c, (usage_key(batch[index]) for index in pending))
@@ -338,13 +337,9 @@ class SQLiteUsageLog:
         end_at: datetime,
         up_to_position: int,
     ) -> dict[str, list[UsageTotal]]:
-        # Numbers are text here: summed exactly in Python (one read per code).
-        return totals_of(
-            record
-            for code in dict.fromkeys(codes)
-            for record in self.events(
-                organization_id, external_subscription_id, code, start_at, end_at, up_to_position
-            )
+        # Numbers are text here: summed exactly in Python.
+        return totals_from_events(
+            self, organization_id, external_subscription_id, codes, start_at, end_at, up_to_position
         )
 
     def events_since(

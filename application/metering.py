@@ -150,6 +150,8 @@ class _Context:
         self.organization_id = organization_id
         self.subscriptions: dict[str, Subscription | None] = {}
         self.metrics: dict[str, BillableMetric | None] = {}
+        self.filters: dict[str, dict[str, Any]] = {}
+        self.dimension_keys: dict[tuple[UUID, int, str], tuple[str, ...]] = {}
 
     def record(self, event: EventInput, received_at: datetime) -> StoredUsage:
         transaction_id = _required(event.transaction_id, "transaction_id")
@@ -165,10 +167,9 @@ class _Context:
         subscription = self._subscription(external_subscription_id)
         if not subscription.is_active_at(timestamp):
             raise InvalidValueError("timestamp", "subscription_not_active", timestamp.isoformat())
-        definition = metric.definition
         value = metric_value(properties, metric.aggregation_type, metric.field_name)
-        check_filter_values(properties, {f["key"]: f["values"] for f in definition["filters"]})
-        keys = (*metric.filter_keys, *self._group_keys(subscription, timestamp, code))
+        check_filter_values(properties, self._filters(code, metric))
+        keys = self._dimension_keys(subscription, timestamp, code, metric)
         usage_event = UsageEvent(
             organization_id=self.organization_id,
             external_subscription_id=external_subscription_id,
@@ -219,14 +220,27 @@ class _Context:
             )
         return found
 
-    def _group_keys(self, subscription: Subscription, at: datetime, code: str) -> tuple[str, ...]:
-        """The pricing group keys of the charges on this metric in the plan version in force
-        (kept until the next recorded change: reading a plan's definition copies it)."""
+    def _filters(self, code: str, metric: BillableMetric) -> dict[str, Any]:
+        """The metric's filter values by key (once per request and metric)."""
+        if code not in self.filters:
+            self.filters[code] = {f["key"]: f["values"] for f in metric.definition["filters"]}
+        return self.filters[code]
+
+    def _dimension_keys(
+        self, subscription: Subscription, at: datetime, code: str, metric: BillableMetric
+    ) -> tuple[str, ...]:
+        """The metric's filter keys and the pricing group keys of the charges on this metric in
+        the plan version in force (the latter kept until the next recorded change: reading a
+        plan's definition copies it)."""
         plan = subscription.plan_at(at)
-        return self.aggregates.memo(
-            ("group_keys", plan.plan_id, plan.plan_version, code),
-            lambda: _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code),
-        )
+        key = (plan.plan_id, plan.plan_version, code)
+        if key not in self.dimension_keys:
+            group_keys = self.aggregates.memo(
+                ("group_keys", *key),
+                lambda: _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code),
+            )
+            self.dimension_keys[key] = (*metric.filter_keys, *group_keys)
+        return self.dimension_keys[key]
 
 
 def _group_keys(
@@ -243,6 +257,8 @@ def _group_keys(
 
 
 def _required(value: str | None, field: str) -> str:
+    if type(value) is str and 0 < len(value) <= KEY_LENGTH_MAX:
+        return value  # The common case, first.
     if value is None or value == "":
         raise InvalidValueError(field, "value_is_mandatory", value)
     if not isinstance(value, str) or len(value) > KEY_LENGTH_MAX:

@@ -1,5 +1,7 @@
 """Lago's events resource: usage ingestion, one event or a batch, and reading them back."""
 
+from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -86,6 +88,11 @@ class EventsPageResponse(Output):
     meta: PaginationMeta
 
 
+@lru_cache(maxsize=1_024)  # The events of a batch share their time of receipt.
+def _received_at(instant: datetime) -> str:
+    return iso(instant) or ""
+
+
 def event_object(stored: StoredUsage) -> EventObject:
     event = stored.event
     amount = event.precise_total_amount_cents
@@ -103,7 +110,7 @@ def event_object(stored: StoredUsage) -> EventObject:
         timestamp=iso_ms(event.timestamp),
         properties=dict(event.properties),
         precise_total_amount_cents=None if amount is None else format(amount, "f"),
-        created_at=iso(stored.received_at) or "",
+        created_at=_received_at(stored.received_at),
         voided_at=iso(stored.voided_at),
     )
 
