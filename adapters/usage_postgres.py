@@ -4,10 +4,9 @@ Measured shape (performance-and-reliability.md §7): the batch goes in as arrays
 the rollups are upserted, sorted by key, from the rows inserted; numbers are `numeric`, so every
 sum is exact. A batch of new keys is one statement in its own transaction (autocommit): one round
 trip, and its row locks are never held while Python waits for the GIL. A batch that meets a
-stored key inserts nothing (or fails as a whole, if the key is being stored concurrently); its
-stored keys are then read and their fingerprints compared, and, unless every key was stored (a
-re-send, written by no one), a transaction inserts what is new, skipping known keys (ON
-CONFLICT DO NOTHING).
+stored key fails that statement as a whole (unique violation); its stored keys are then read
+and their fingerprints compared, and, unless every key was stored (a re-send, written by no one),
+a transaction inserts what is new, skipping known keys (ON CONFLICT DO NOTHING).
 
 Writers run concurrently (no lock). Each row carries the writing transaction's id
 (`position`, pg_current_xact_id()), and the watermark is one less than the oldest transaction
@@ -158,9 +157,8 @@ class PostgresUsageLog:
             "AS input ({columns}, ordinal)), "
             "numbered AS (SELECT *, nextval({sequence}::regclass) AS sequence FROM input "
             "ORDER BY ordinal), "
-            "{known}"
             "inserted AS (INSERT INTO {events} (sequence, {columns}) "
-            "SELECT sequence, {columns} FROM numbered {unless_known} ORDER BY {key} "
+            "SELECT sequence, {columns} FROM numbered ORDER BY {key} "
             "{on_conflict} RETURNING *), "
             "added AS ({upsert}) "
             "SELECT sequence, position, organization_id, external_subscription_id, "
@@ -171,19 +169,9 @@ class PostgresUsageLog:
             sequence=Literal(self._sequence_name),
             events=self.events_table,
             key=_KEY,
-            # Skip known keys; or else insert nothing when a key is stored already (the
-            # caller then takes the general path; a key being stored concurrently fails the
-            # statement instead).
             on_conflict=SQL("ON CONFLICT ({0}) DO NOTHING").format(_ROW_KEY)
             if skip_known
             else SQL(""),
-            known=SQL("")
-            if skip_known
-            else SQL(
-                "known AS (SELECT 1 FROM {0} e JOIN input i USING ({1}) "
-                "WHERE NOT e.reversal LIMIT 1), "
-            ).format(self.events_table, _KEY),
-            unless_known=SQL("") if skip_known else SQL("WHERE NOT EXISTS (SELECT 1 FROM known)"),
             upsert=self._upsert_rollups(SQL("inserted")),
         )
 
@@ -284,10 +272,9 @@ class PostgresUsageLog:
     def _insert_new(self, new: Sequence[StoredUsage]) -> dict[UsageKey, tuple[int, int]] | None:
         """The common case, in one round trip: a batch of keys never seen, stored by a single
         statement outside any explicit transaction (its own, committed as it ends), so row locks
-        are held for the statement and its commit only, never while Python holds the GIL. If a
-        key is stored already the statement inserts nothing (a re-send costs no error in the
-        server's log); if one is being stored by a concurrent writer it fails as a whole (unique
-        violation). Either way: None, and the caller takes the general path."""
+        are held for the statement and its commit only, never while Python holds the GIL. A key
+        stored already, or being stored by a concurrent writer, fails the whole statement
+        (unique violation): None, and the caller takes the general path."""
         try:
             with self.datastore.cursor() as curs:
                 curs.execute(self._append_new, _arrays(new))
@@ -296,9 +283,6 @@ class PostgresUsageLog:
             if isinstance(error.__cause__, UniqueViolation):
                 return None
             raise
-        if not rows:
-            return None
-        assert len(rows) == len(new), (len(rows), len(new))  # All or nothing: no ON CONFLICT.
         return {_row_key(row): (row["sequence"], row["position"]) for row in rows}
 
     def _insert(
