@@ -125,7 +125,10 @@ class WebhookPayloads:
             return subscription_object(aggregate, billing)
         if isinstance(aggregate, Invoice):
             lookup = _LookupAt(billing, notice.organization_id, notice.at)
-            return invoice_object(aggregate, lookup, base_url=self.api_url)
+            shown = invoice_object(aggregate, lookup, base_url=self.api_url)
+            if notice.object_type == "fee":  # fee.created: the fee as the invoice shows it.
+                return next(fee for fee in shown.fees or [] if fee.lago_id == notice.subject_id)
+            return shown
         if isinstance(aggregate, CreditNote):
             if notice.object_type == "credit_note_payment_provider_refund_error":
                 return self._refund_error(billing, aggregate, notice)

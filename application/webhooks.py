@@ -43,6 +43,7 @@ from application.billing import Billing
 from application.errors import AlreadyExistsError, ConcurrencyConflictError, NotFoundError
 from application.projections import CatchUp
 from application.wallets import credit_invoice_transaction
+from domain import ids
 from domain.credit_note import CreditNote
 from domain.customer import Customer
 from domain.errors import InvalidValueError, NotAllowedError
@@ -336,6 +337,7 @@ WEBHOOK_TYPES: Final = (
     "invoice.payment_status_updated",
     "invoice.payment_failure",
     "invoice.payment_overdue",
+    "fee.created",
     "credit_note.created",
     "credit_note.refund_failure",
     "wallet.created",
@@ -346,6 +348,29 @@ WEBHOOK_TYPES: Final = (
     "wallet_transaction.updated",
     "wallet_transaction.payment_failure",
 )
+
+
+def _fees_created(invoice: Any, at: datetime) -> list["_Planned"]:
+    """Lago's fee.created, for each pay-in-advance fee (billed for its event, §4.9), before
+    the invoice that carries it is announced. The fee is its own resource (its lago_id)."""
+    assert isinstance(invoice, Invoice), invoice
+    planned = []
+    for fee in invoice.fees:
+        if fee.pay_in_advance:
+            fee_id = ids.fee_id(invoice.id, fee.key)
+            planned.append(
+                _Planned(
+                    "fee.created",
+                    "fee",
+                    invoice,
+                    at,
+                    at,
+                    object_id=fee_id,
+                    subject_id=fee_id,
+                    discriminator=fee.key,
+                )
+            )
+    return planned
 
 
 @dataclass(frozen=True)
@@ -467,16 +492,19 @@ class WebhookOutboxProjection(Projection[OutboxView]):
             # Lago announces a draft only when it stays one (a grace period); an invoice
             # finalized by the save that drafted it is announced by invoice.created alone.
             invoice = self._at_version(event)
-            return [_Planned("invoice.created", "invoice", invoice, at, at)], [
-                (invoice.id, "invoice.drafted")
-            ]
+            return [
+                *_fees_created(invoice, at),
+                _Planned("invoice.created", "invoice", invoice, at, at),
+            ], [(invoice.id, "invoice.drafted")]
         webhook_type = {
             Invoice.Finalized: "invoice.created",  # Lago sends invoice.created when finalized.
             Invoice.Voided: "invoice.voided",
             Invoice.PaymentStatusChanged: "invoice.payment_status_updated",
         }.get(type(event))
         if webhook_type is not None:
-            return [_Planned(webhook_type, "invoice", self._at_version(event), at, at)], []
+            invoice = self._at_version(event)
+            fees = _fees_created(invoice, at) if isinstance(event, Invoice.Finalized) else []
+            return [*fees, _Planned(webhook_type, "invoice", invoice, at, at)], []
         if isinstance(event, CreditNote.Created):
             return [
                 _Planned("credit_note.created", "credit_note", self._at_version(event), at, at)

@@ -19,10 +19,12 @@ from adapters.outbox import MemoryOutbox, MemorySigningKeyStore
 from adapters.settings import SettingsError, memory_settings
 from adapters.stores import Ledger, open_ledger
 from adapters.webhook_sender import RsaJwtSigner, key_id, webhook_settings_from_env
+from api.webhook_payloads import WebhookPayloads
 from application.billing import Billing
 from application.metering import EventInput
 from application.wallets import TopUpValues, WalletValues
 from application.webhooks import Notice, WebhookMessage, Webhooks
+from domain import ids
 from domain.errors import InvalidValueError
 from domain.wallet import RuleInput
 from tests.application.test_payments import SECRETS, FakeProcessors
@@ -529,3 +531,56 @@ def test_an_hmac_key_cannot_be_rotated_to_itself_or_to_a_short_one(world: World)
         with pytest.raises(InvalidValueError):
             organization.rotate_hmac_key(refused)
     assert organization.collect_events() == []
+
+
+# Pay-in-advance fees.
+
+
+def test_each_pay_in_advance_fee_is_announced_before_its_invoice(world: World) -> None:
+    ledger, org = world.ledger, world.org
+    metric = ledger.billing.create_billable_metric(
+        org, "seats", {"name": "Seats", "aggregation_type": "sum_agg", "field_name": "seats"}
+    )
+    ledger.billing.create_plan(
+        org,
+        "advance",
+        {
+            "name": "Advance",
+            "interval": "monthly",
+            "amount_cents": 0,
+            "amount_currency": "EUR",
+            "pay_in_advance": False,
+            "charges": [
+                {
+                    "billable_metric_id": str(metric.id),
+                    "charge_model": "standard",
+                    "pay_in_advance": True,
+                    "properties": {"amount": "2"},
+                }
+            ],
+        },
+    )
+    ledger.billing.create_subscription(
+        org, "sub_1", external_customer_id="acme", plan_code="advance", subscription_at=MARCH_1
+    )
+    ledger.billing.now = lambda: MARCH_10
+    events = [
+        EventInput(f"t{n}", "sub_1", "seats", int(MARCH_10.timestamp()), {"seats": 3}, None)
+        for n in range(2)
+    ]
+    ledger.metering.ingest(org, events, batch=True)
+    [invoice] = [i for i in ledger.invoicing.run(MARCH_10) if i.fees]
+    fees = [fee for fee in invoice.fees if fee.pay_in_advance]
+    assert len(fees) == 2
+    messages = [m for m in world.messages() if m.webhook_type in ("fee.created", "invoice.created")]
+    assert [m.webhook_type for m in messages] == ["fee.created", "fee.created", "invoice.created"]
+    assert {m.object_id for m in messages[:2]} == {ids.fee_id(invoice.id, f.key) for f in fees}
+
+    # The API's renderer: the fee as GET /invoices/{id} shows it.
+    fee_id = messages[0].object_id
+    notice = Notice("fee.created", "fee", invoice, org, MARCH_10, subject_id=fee_id)
+    body = json.loads(WebhookPayloads("http://127.0.0.1:8000")(ledger.billing, notice))
+    assert body["webhook_type"] == "fee.created" and body["object_type"] == "fee"
+    assert body["fee"]["lago_id"] == str(fee_id)
+    assert body["fee"]["pay_in_advance"] is True
+    assert body["fee"]["amount_cents"] == 600
