@@ -11,8 +11,9 @@ from litestar.datastructures import Headers
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import authenticate
+from api.auth import GRANT_SCOPE_KEY, authenticate
 from application.errors import IdempotencyKeyInProgressError, IdempotencyKeyReusedError
+from application.keys import ApiKeyGrant
 from application.ports import StoredResponse
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -30,9 +31,13 @@ class IdempotencyMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send)
             return
         ledger: Any = scope["app"].state.ledger
-        organization_id = await to_thread.run_sync(
-            authenticate, ledger.billing, headers.get("authorization")
-        )
+        if GRANT_SCOPE_KEY in http:  # Authenticated by api/security.py around this one.
+            grant: ApiKeyGrant | None = http[GRANT_SCOPE_KEY]
+            organization_id = None if grant is None else grant.organization_id
+        else:
+            organization_id = await to_thread.run_sync(
+                authenticate, ledger.billing, headers.get("authorization")
+            )
         if organization_id is None:
             await next_app(scope, receive, send)  # The route answers 401.
             return

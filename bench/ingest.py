@@ -32,6 +32,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import psycopg
+from common import cpu_model
 from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
@@ -333,16 +334,6 @@ def header(url: str, args: argparse.Namespace) -> None:
         f"{args.subscriptions} subscriptions × 2 models, 4 buckets, random UUID transaction ids; "
         f"{args.repetitions} interleaved repetitions"
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def show(label: str, values: list[float]) -> None:

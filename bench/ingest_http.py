@@ -54,6 +54,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_model, percentiles  # noqa: E402
+
 from adapters.settings import parse_database_url  # noqa: E402
 from application.usage_log import StoredUsage, dimensions_text  # noqa: E402
 from domain.usage import UsageEvent, dimension_key, payload_fingerprint  # noqa: E402
@@ -671,17 +673,6 @@ class Connection:
         return status, data
 
 
-def percentiles(latencies_ms: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(latencies_ms)
-    if not ordered:
-        return {"p50": 0.0, "p99": 0.0, "max": 0.0, "samples": 0}
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {"p50": at(0.5), "p99": at(0.99), "max": ordered[-1], "samples": len(ordered)}
-
-
 def post_batches(
     target: Target, batches: Sequence[Sequence[dict[str, Any]]], connections: int
 ) -> dict[str, Any]:
@@ -895,16 +886,6 @@ def environment(url: str, config: Config) -> dict[str, Any]:
         f"transaction ids; {config.repetitions} interleaved repetitions."
     )
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def spread(values: Sequence[float]) -> str:

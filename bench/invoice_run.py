@@ -51,6 +51,8 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import cpu_model, percentiles  # noqa: E402
+
 from adapters.settings import parse_database_url  # noqa: E402
 from adapters.stores import Ledger, open_ledger  # noqa: E402
 from application.subscriptions import DEFAULT_TIMEZONE, plan_ref  # noqa: E402
@@ -480,21 +482,6 @@ def cross_check(
 # --- Report -----------------------------------------------------------------------------------
 
 
-def percentiles(values_ms: list[float]) -> dict[str, float]:
-    ordered = sorted(values_ms)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    return {
-        "p50": at(0.50),
-        "p99": at(0.99),
-        "max": ordered[-1],
-        "mean": statistics.fmean(ordered),
-        "samples": len(ordered),
-    }
-
-
 def environment(url: str, config: Config) -> dict[str, Any]:
     with psycopg.connect(url) as connection:
         settings = {
@@ -533,16 +520,6 @@ def environment(url: str, config: Config) -> dict[str, Any]:
         "and its re-run."
     )
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def spread(values: list[float]) -> str:
