@@ -5,12 +5,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from eventsourcing.persistence import InfrastructureFactory
-from eventsourcing.postgres import PostgresFactory
+from eventsourcing.postgres import PostgresAggregateRecorder, PostgresFactory
 from eventsourcing.sqlite import SQLiteFactory
 
 import adapters.sqlite_writes  # noqa: F401 (write transactions begin IMMEDIATE on SQLite)
 from adapters.audit_log import MemoryAuditLog, PostgresAuditLog, SQLiteAuditLog
 from adapters.data_keys import MemoryDataKeys, PostgresDataKeys, SQLiteDataKeys
+from adapters.events_postgres import PostgresEventsReader
 from adapters.faults import FaultInjector, fault_plan_from_env, inject
 from adapters.idempotency import (
     MemoryIdempotencyStore,
@@ -145,6 +146,8 @@ def open_ledger(
         env=dict(settings.eventsourcing_env), index_view=_index_view, personal_data=_data_keys
     )
     factory = billing.factory
+    if isinstance(billing.recorder, PostgresAggregateRecorder):
+        billing.events_reader = PostgresEventsReader(billing.recorder)
     audit_log: AuditLog
     idempotency: IdempotencyStore
     usage: UsageLog

@@ -22,6 +22,7 @@ from application.errors import TransactionIdConflictError
 from application.usage_log import (
     EMPTY_ROLLUP_ROW,
     RollupRow,
+    Span,
     StoredUsage,
     UsageKey,
     UsageTotal,
@@ -31,6 +32,7 @@ from application.usage_log import (
     dimensions_text,
     merge_rollup_rows,
     rollup_rows,
+    totals_at_each,
     totals_from_events,
     usage_key,
 )
@@ -341,6 +343,15 @@ class SQLiteUsageLog:
         return totals_from_events(
             self, organization_id, external_subscription_id, codes, start_at, end_at, up_to_position
         )
+
+    def totals_at_many(
+        self,
+        organization_id: UUID,
+        spans: Sequence[Span],
+        codes: Sequence[str],
+        up_to_position: int,
+    ) -> dict[Span, dict[str, list[UsageTotal]]]:
+        return totals_at_each(self, organization_id, spans, codes, up_to_position)
 
     def events_since(
         self,

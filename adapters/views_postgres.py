@@ -1,6 +1,7 @@
 """Projection views on PostgreSQL: rows and tracking position written in one transaction."""
 
 from collections.abc import Sequence
+from itertools import groupby
 from typing import Any
 from uuid import UUID
 
@@ -9,7 +10,7 @@ from eventsourcing.postgres import PostgresDatastore, PostgresTrackingRecorder
 from psycopg.sql import SQL, Composable, Identifier
 
 from application.ports import IndexEntry
-from application.projections import IndexView
+from application.projections import IndexChange, IndexView
 
 
 class PostgresIndexView(PostgresTrackingRecorder, IndexView):
@@ -29,33 +30,25 @@ class PostgresIndexView(PostgresTrackingRecorder, IndexView):
                 ).format(self.table),
             ]
         )
+        self._upsert = SQL(
+            "INSERT INTO {0} VALUES (%s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (aggregate_id) DO UPDATE SET key = excluded.key, "
+            "parent_key = excluded.parent_key, status = excluded.status"
+        ).format(self.table)
+        self._set_status = SQL("UPDATE {0} SET status = %s WHERE aggregate_id = %s").format(
+            self.table
+        )
 
-    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+    def apply(self, changes: Sequence[IndexChange], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                SQL(
-                    "INSERT INTO {0} VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (aggregate_id) DO UPDATE SET key = excluded.key, "
-                    "parent_key = excluded.parent_key, status = excluded.status"
-                ).format(self.table),
-                (
-                    entry.aggregate_id,
-                    entry.organization_id,
-                    entry.kind,
-                    entry.key,
-                    entry.parent_key,
-                    entry.status,
-                    entry.created_at,
-                ),
-            )
-            self._insert_tracking(curs, tracking)
-
-    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(
-                SQL("UPDATE {0} SET status = %s WHERE aggregate_id = %s").format(self.table),
-                (status, aggregate_id),
-            )
+            # In order; each run of one kind of change is one pipelined executemany.
+            for is_entry, run in groupby(changes, lambda change: isinstance(change, IndexEntry)):
+                if is_entry:
+                    rows = [_entry_row(e) for e in run if isinstance(e, IndexEntry)]
+                    curs.executemany(self._upsert, rows)
+                else:
+                    statuses = [(c.status, c.aggregate_id) for c in run]
+                    curs.executemany(self._set_status, statuses)
             self._insert_tracking(curs, tracking)
 
     def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
@@ -112,3 +105,15 @@ class PostgresIndexView(PostgresTrackingRecorder, IndexView):
                 (organization_id, list(kinds)),
             )
             return {row["parent_key"] for row in curs.fetchall()}
+
+
+def _entry_row(entry: IndexEntry) -> tuple[Any, ...]:
+    return (
+        entry.aggregate_id,
+        entry.organization_id,
+        entry.kind,
+        entry.key,
+        entry.parent_key,
+        entry.status,
+        entry.created_at,
+    )

@@ -9,7 +9,7 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.sqlite import SQLiteTrackingRecorder
 
 from application.ports import IndexEntry
-from application.projections import IndexView
+from application.projections import IndexChange, IndexView
 
 
 class SQLiteIndexView(SQLiteTrackingRecorder, IndexView):
@@ -23,30 +23,29 @@ class SQLiteIndexView(SQLiteTrackingRecorder, IndexView):
             "(organization_id, kind, created_at)",
         ]
 
-    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+    def apply(self, changes: Sequence[IndexChange], tracking: Tracking) -> None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                "INSERT INTO resource_index VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (aggregate_id) DO UPDATE SET key = excluded.key, "
-                "parent_key = excluded.parent_key, status = excluded.status",
-                (
-                    str(entry.aggregate_id),
-                    str(entry.organization_id),
-                    entry.kind,
-                    entry.key,
-                    entry.parent_key,
-                    entry.status,
-                    _sortable(entry.created_at),
-                ),
-            )
-            self._insert_tracking(c, tracking)
-
-    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None:
-        with self.datastore.transaction(commit=True) as c:
-            c.execute(
-                "UPDATE resource_index SET status = ? WHERE aggregate_id = ?",
-                (status, str(aggregate_id)),
-            )
+            for change in changes:
+                if isinstance(change, IndexEntry):
+                    c.execute(
+                        "INSERT INTO resource_index VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (aggregate_id) DO UPDATE SET key = excluded.key, "
+                        "parent_key = excluded.parent_key, status = excluded.status",
+                        (
+                            str(change.aggregate_id),
+                            str(change.organization_id),
+                            change.kind,
+                            change.key,
+                            change.parent_key,
+                            change.status,
+                            _sortable(change.created_at),
+                        ),
+                    )
+                else:
+                    c.execute(
+                        "UPDATE resource_index SET status = ? WHERE aggregate_id = ?",
+                        (change.status, str(change.aggregate_id)),
+                    )
             self._insert_tracking(c, tracking)
 
     def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:

@@ -1,12 +1,12 @@
 """The mechanics every use case shares: load, decide, save with retries; scoped reads; pages."""
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.domain import BaseAggregate, DomainEventProtocol
 from eventsourcing.persistence import (
     InfrastructureFactory,
@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
 )
 
 from application.errors import AlreadyExistsError, ConcurrencyConflictError, NotFoundError
+from application.ports import EventsReader
 from application.projections import CatchUp, IndexView, MemoryIndexView, ResourceIndexProjection
 from domain.limits import COMMAND_RETRIES_MAX
 
@@ -64,6 +65,7 @@ class BillingBase(Application[UUID]):
         self.index = ResourceIndexProjection(view=view)
         self.catch_up = CatchUp(self, self.index)
         self._organization_by_key_hash: dict[str, UUID] = {}
+        self.events_reader: EventsReader | None = None  # Set where the store has one.
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -113,12 +115,28 @@ class BillingBase(Application[UUID]):
         aggregate_ids, _ = self.index.view.page(
             organization_id, kind, 1, 10**9, parent_key=parent_key
         )
-        loaded: list[A] = []
-        for aggregate_id in aggregate_ids:
-            aggregate: BaseAggregate[UUID] = self.repository.get(aggregate_id)
-            assert isinstance(aggregate, cls), aggregate
-            loaded.append(aggregate)
-        return loaded
+        loaded = self.load_many(aggregate_ids)
+        found = [loaded[aggregate_id] for aggregate_id in aggregate_ids]
+        assert all(isinstance(aggregate, cls) for aggregate in found), cls
+        return found
+
+    def load_many(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """The aggregates that exist of these ids, in one read where the store can."""
+        if self.events_reader is None:
+            loaded: dict[UUID, Any] = {}
+            for aggregate_id in aggregate_ids:
+                try:
+                    loaded[aggregate_id] = self.repository.get(aggregate_id)
+                except AggregateNotFoundError:
+                    continue
+            return loaded
+        by_id: dict[UUID, list[Any]] = {}
+        for stored in self.events_reader.select_many(aggregate_ids):
+            event = self.mapper.to_domain_event(stored)
+            by_id.setdefault(event.originator_id, []).append(event)
+        return {
+            aggregate_id: project_aggregate(None, events) for aggregate_id, events in by_id.items()
+        }
 
     def _get(
         self,

@@ -28,7 +28,7 @@ from application.billing import Billing
 from application.credit_notes import available_credit_notes, issue_credit_note
 from application.errors import ConcurrencyConflictError, NotFoundError
 from application.rating import Rating, from_events
-from application.usage_log import UsageLog
+from application.usage_log import Span, UsageLog
 from application.vat import TaxEngine
 from application.wallets import apply_wallets, recredit_wallets, settle_top_up
 from domain import ids
@@ -68,6 +68,10 @@ INVOICE_SERIES = "invoice"
 # Boundaries after a subscription's end at which its late usage is still billed: a year of
 # monthly periods. Each run visits them, so they are bounded.
 LATE_BOUNDARIES_MAX = 12
+# Invoices a billing run saves in one transaction, with their number sequence (ADR 0027).
+SAVE_BATCH = 200
+# Customers whose usage a billing run reads in one query (ADR 0027).
+PREFETCH_CUSTOMERS = 500
 
 
 @dataclass
@@ -81,6 +85,7 @@ class _Draft:
     fees: list[FeeLine] = field(default_factory=list)
     subscriptions: set[str] = field(default_factory=set)
     issued: Invoice | None = None
+    stored: bool = True  # False once a read found no invoice of this boundary in the store.
     own_subscription: str | None = None  # Set for a subscription billed apart (backdated).
     invoice_key: tuple[str, ...] | None = None  # A pay-in-advance bill's own key (§4.9).
     late_credits: list["_LateCredit"] = field(default_factory=list)  # Negative late deltas.
@@ -164,14 +169,16 @@ class Invoicing:
         (ADR 0010), metric definitions, each organization and its taxes, and which customers
         hold credit notes or wallets (read again when one is created). The resource index
         catches up once, at the end (every index read catches up first anyway)."""
-        token = _RUN.set(_RunScope(watermark=self.usage.watermark()))
+        scope = _RunScope(watermark=self.usage.watermark())
+        token = _RUN.set(scope)
         try:
             with self.rating.snapshot():
                 invoices = self._run(now, organization_id)
+                self._flush()
         finally:
             _RUN.reset(token)
         self.billing.catch_up()
-        return invoices
+        return [scope.reissued.get(invoice.id, invoice) for invoice in invoices]
 
     def _run(self, now: datetime, organization_id: UUID | None) -> list[Invoice]:
         organizations = [organization_id] if organization_id else self.billing.organization_ids()
@@ -182,11 +189,58 @@ class Invoicing:
             for subscription in subscriptions:
                 if subscription.canceled_at is None and subscription.subscription_at <= now:
                     by_customer[subscription.external_customer_id].append(subscription)
-            for external_customer_id, customer_subscriptions in sorted(by_customer.items()):
-                invoices.extend(
-                    self.bill_customer(org, external_customer_id, customer_subscriptions, now)
+            customers = sorted(by_customer.items())
+            for first in range(0, len(customers), PREFETCH_CUSTOMERS):
+                chunk = customers[first : first + PREFETCH_CUSTOMERS]
+                spans, codes = self._charge_spans(
+                    [s for _, subscriptions in chunk for s in subscriptions], now
                 )
+                loaded = self.billing.load_many(
+                    [ids.customer_id(org, external_id) for external_id, _ in chunk]
+                )
+                with self.rating.prefetched(org, spans, sorted(codes), _run_scope().watermark):
+                    for external_customer_id, customer_subscriptions in chunk:
+                        customer = loaded[ids.customer_id(org, external_customer_id)]
+                        invoices.extend(
+                            self.bill_customer(
+                                org, external_customer_id, customer_subscriptions, now, customer
+                            )
+                        )
         return invoices
+
+    def _charge_spans(
+        self, subscriptions: list[Subscription], now: datetime
+    ) -> tuple[list[Span], set[str]]:
+        """The charges periods the subscriptions' latest boundaries close, unless invoiced
+        already, and the metrics of their plans: what the run is about to rate (an earlier
+        boundary is usually invoiced)."""
+        spans: list[Span] = []
+        codes: set[str] = set()
+        for subscription in subscriptions:
+            boundary = max(
+                (b for b in _boundaries(subscription, now, self._plan) if b <= now), default=None
+            )
+            if boundary is None:
+                continue
+            plan = subscription.phase_at(boundary - timedelta(microseconds=1)).plan
+            invoice_id = ids.invoice_id(
+                subscription.organization_id,
+                str(subscription.customer_id),
+                plan.amount_currency,
+                boundary.isoformat(),
+            )
+            if invoice_id in self._indexed_invoices(subscription.organization_id):
+                continue
+            for phase, phase_end in _phases(subscription):
+                definition = self._plan(phase).definition_shared(phase.plan.plan_version)
+                codes.update(c["billable_metric_code"] for c in definition.get("charges", []))
+                charges = _schedule(subscription, phase).charges_schedule(
+                    bool(definition.get("bill_charges_monthly"))
+                )
+                closing = _closing_period(charges, phase.starts_at, phase_end, boundary)
+                if closing is not None:
+                    spans.append((subscription.external_id, closing.start_at, closing.end_at))
+        return spans, codes
 
     def bill_customer(
         self,
@@ -194,10 +248,13 @@ class Invoicing:
         external_customer_id: str,
         subscriptions: list[Subscription],
         now: datetime,
+        customer: Customer | None = None,
     ) -> list[Invoice]:
-        customer: Customer = self.billing.repository.get(
-            ids.customer_id(organization_id, external_customer_id)
-        )
+        """customer: the customer, when the caller loaded it (a run loads many at once)."""
+        if customer is None:
+            customer = self.billing.repository.get(
+                ids.customer_id(organization_id, external_customer_id)
+            )
         scope = _RUN.get()
         watermark = self.usage.watermark() if scope is None else scope.watermark
         boundaries: set[datetime] = set()
@@ -264,11 +321,26 @@ class Invoicing:
 
     def _issued(self, organization_id: UUID, draft: "_Draft") -> Invoice | None:
         """The boundary's invoice if it is no longer a draft (a draft is recomputed)."""
+        invoice_id = self._invoice_id(organization_id, draft)
+        if _RUN.get() is not None and invoice_id not in self._indexed_invoices(organization_id):
+            draft.stored = False
+            return None
         try:
-            invoice: Invoice = self.billing.repository.get(self._invoice_id(organization_id, draft))
+            invoice: Invoice = self.billing.repository.get(invoice_id)
         except AggregateNotFoundError:
+            draft.stored = False
             return None
         return None if invoice.status == "draft" else invoice
+
+    def _indexed_invoices(self, organization_id: UUID) -> set[UUID]:
+        """In a run, the organization's invoices as the index knew them when first asked (it
+        caught up when the run began): one read instead of one per invoice. One that another
+        run made since is found when saving the same one collides."""
+        scope = _run_scope()
+        if organization_id not in scope.indexed_invoices:
+            found, _ = self.billing.index.view.page(organization_id, "invoice", 1, 10**9)
+            scope.indexed_invoices[organization_id] = set(found)
+        return scope.indexed_invoices[organization_id]
 
     def _issue(
         self, organization_id: UUID, draft: _Draft, watermark: int, now: datetime
@@ -281,7 +353,10 @@ class Invoicing:
         timezone = draft.customer.timezone or "UTC"
         decision = (
             self.tax_engine.taxes_for(
-                organization_id, draft.customer, supply_date_of(draft.boundary, timezone)
+                organization_id,
+                draft.customer,
+                supply_date_of(draft.boundary, timezone),
+                self._organization(organization_id),
             )
             if self.tax_engine is not None
             else None
@@ -297,8 +372,11 @@ class Invoicing:
                 for fee in draft.fees
             ]
             used_rates = {line.tax_code: line.rate for line in decision.taxes}
-        for _ in range(COMMAND_RETRIES_MAX):
+        scope = _RUN.get()
+        for attempt in range(COMMAND_RETRIES_MAX):
             try:
+                if attempt == 0 and not draft.stored:
+                    raise AggregateNotFoundError(invoice_id)  # Just read: no need to again.
                 invoice: Invoice = self.billing.repository.get(invoice_id)
             except AggregateNotFoundError:
                 invoice = Invoice.draft(
@@ -322,12 +400,31 @@ class Invoicing:
             if decision is not None:
                 invoice.record_tax_decision(dict(decision.record), decision.legal_mention)
             sequence = None
-            credits: list[CreditNote] = []
+            credits: list[Any] = []
             # A pending tax decision (a VAT number VIES has not answered yet) keeps a draft.
             pending = decision is not None and decision.pending
-            if now >= draft.boundary + timedelta(days=grace_days) and not pending:
+            finalizing = now >= draft.boundary + timedelta(days=grace_days) and not pending
+            if finalizing:
                 credits = self._apply_customer_credit(invoice)
+            # In a run, an invoice that changes nothing else waits to be saved with others (a
+            # pay-in-advance bill does not: the next one's id depends on it).
+            deferred = (
+                scope is not None and scope.deferring and not credits and draft.invoice_key is None
+            )
+            if not deferred:
+                self._flush()  # Those decided before come first, and take their numbers first.
+            if finalizing:
                 sequence = self._finalize(invoice, now, timezone, grace_days > 0)
+            if deferred:
+                assert scope is not None
+                scope.pending[invoice.id] = _Pending(
+                    invoice, organization_id, draft, watermark, now
+                )
+                if sequence is not None:
+                    scope.sequences[organization_id] = sequence
+                if len(scope.pending) >= SAVE_BATCH:
+                    self._flush()
+                return invoice
             try:
                 self.billing.save(invoice, sequence, *credits)
             except IntegrityError:
@@ -337,13 +434,41 @@ class Invoicing:
             return invoice
         raise ConcurrencyConflictError("invoice", invoice_id)
 
+    def _flush(self) -> None:
+        """Save the invoices the run decided and has not saved yet, with the number sequence
+        they took their numbers from, in one transaction. If another run made one of them or
+        took a number (a conflict), each is decided again and saved alone, as outside a run."""
+        scope = _RUN.get()
+        if scope is None or not scope.pending:
+            return
+        pending = list(scope.pending.values())
+        sequences = list(scope.sequences.values())
+        scope.pending.clear()
+        scope.sequences.clear()
+        scope.credit_checked = False  # A batch's worth of time: look for new credit again.
+        try:
+            self.billing.save(*(p.invoice for p in pending), *sequences)
+        except IntegrityError:
+            scope.deferring = False
+            try:
+                for p in pending:
+                    invoice = self._issue(p.organization_id, p.draft, p.watermark, p.now)
+                    if invoice is not None:
+                        scope.reissued[invoice.id] = invoice
+            finally:
+                scope.deferring = True
+
     def _finalize(
         self, invoice: Invoice, now: datetime, timezone: str, on_finalization_date: bool
     ) -> NumberSequence:
         organization = self._organization(invoice.organization_id)
+        scope = _RUN.get()
         try:
-            sequence: NumberSequence = self._sequences.get(
-                ids.sequence_id(invoice.organization_id, INVOICE_SERIES)
+            # The run's own, while invoices numbered from it wait to be saved.
+            sequence: NumberSequence = (
+                scope.sequences[invoice.organization_id]
+                if scope is not None and invoice.organization_id in scope.sequences
+                else self._sequences.get(ids.sequence_id(invoice.organization_id, INVOICE_SERIES))
             )
         except AggregateNotFoundError:
             sequence = NumberSequence.start(invoice.organization_id, INVOICE_SERIES)
@@ -364,12 +489,12 @@ class Invoicing:
     def _apply_customer_credit(self, invoice: Invoice) -> list[Any]:
         """Let the customer's credit notes with a balance, oldest first, pay the draft's total
         after tax. The notes are saved with the finalization, in the same transaction."""
-        due_cents = invoice.totals.total_amount_cents
         consumed: list[CreditNote] = []
-        if due_cents <= 0:
-            return consumed
         if not self._may_hold_credit(invoice.organization_id, invoice.external_customer_id):
             return consumed  # Neither a credit note nor a wallet: nothing can pay it.
+        due_cents = invoice.totals.total_amount_cents
+        if due_cents <= 0:
+            return consumed
         notes = available_credit_notes(
             self.billing, invoice.organization_id, invoice.external_customer_id
         )
@@ -425,7 +550,7 @@ class Invoicing:
         mode: str,
         now: datetime,
     ) -> CreditNote | None:
-        definition = self._plan(phase).definition(phase.plan.plan_version)
+        definition = self._plan(phase).definition_shared(phase.plan.plan_version)
         if not definition["pay_in_advance"]:
             return None
         schedule = _schedule(subscription, phase)
@@ -475,6 +600,7 @@ class Invoicing:
                 self.billing.save(*aggregates)
             except IntegrityError:
                 continue  # Another run or note changed the invoice: reload and decide again.
+            _credit_created()
             self.billing.catch_up()
             note: CreditNote = aggregates[0]
             return note
@@ -485,6 +611,7 @@ class Invoicing:
     ) -> Invoice | None:
         """The invoice that billed a base fee in advance: the customer's invoice of the period
         start, or the subscription's own one (backdated after the consolidated one was final)."""
+        self._flush()  # Reads invoices: those the run decided must be stored.
         phase = subscription.phase_at(billed_at)
         key = [str(subscription.customer_id), phase.plan.amount_currency, billed_at.isoformat()]
         for parts in (key, [*key, subscription.external_id]):
@@ -533,7 +660,7 @@ class Invoicing:
 
     def _advance_charges(self, subscription: Subscription) -> bool:
         for phase, _ in _phases(subscription):
-            definition = self._plan(phase).definition(phase.plan.plan_version)
+            definition = self._plan(phase).definition_shared(phase.plan.plan_version)
             if any(_in_advance(charge) for charge in definition.get("charges", [])):
                 return True
         return False
@@ -573,7 +700,7 @@ class Invoicing:
         spans: list[Period] = []
         plan_id, plan_version = "", 0
         for phase, phase_end in _phases(subscription):
-            definition = self._plan(phase).definition(phase.plan.plan_version)
+            definition = self._plan(phase).definition_shared(phase.plan.plan_version)
             charges = _schedule(subscription, phase).charges_schedule(
                 bool(definition.get("bill_charges_monthly"))
             )
@@ -666,7 +793,7 @@ class Invoicing:
         late_spans: list[Period] = []  # Late usage of phases ended before the boundary.
         for phase, phase_end in _phases(subscription):
             plan = self._plan(phase)
-            definition = plan.definition(phase.plan.plan_version)
+            definition = plan.definition_shared(phase.plan.plan_version)
             schedule = _schedule(subscription, phase)
             charges = schedule.charges_schedule(bool(definition.get("bill_charges_monthly")))
             ended_at = subscription.ended_at
@@ -984,6 +1111,7 @@ class Invoicing:
     ) -> Invoice | None:
         """The invoice that billed a charges period's line: the customer's invoice at the
         period's end, or the subscription's own one (backdated)."""
+        self._flush()  # Reads invoices: those the run decided must be stored.
         key = [str(customer_id), currency, boundary.isoformat()]
         for parts in (key, [*key, external_subscription_id]):
             try:
@@ -1023,6 +1151,7 @@ class Invoicing:
         self, organization_id: UUID, external_customer_id: str, fee_key: str
     ) -> list[Invoice]:
         """The customer's finalized invoices with this line, oldest first (a rare scan)."""
+        self._flush()  # Reads invoices: those the run decided must be stored.
         found = [
             invoice
             for invoice in self.billing._all(
@@ -1079,6 +1208,7 @@ class Invoicing:
         self, invoice_id: UUID, fee_key: str, cents_max: int, origin: str, now: datetime
     ) -> CreditNote | None:
         """One late-usage credit note on one line, up to what is left of it."""
+        self._flush()  # Reads invoices: those the run decided must be stored.
         for _ in range(COMMAND_RETRIES_MAX):
             invoice: Invoice = self.billing.repository.get(invoice_id)
             fee = next(f for f in invoice.fees if f.key == fee_key)
@@ -1110,6 +1240,7 @@ class Invoicing:
                 self.billing.save(*aggregates)
             except IntegrityError:
                 continue
+            _credit_created()
             self.billing.catch_up()
             note: CreditNote = aggregates[0]
             return note
@@ -1440,9 +1571,10 @@ class Invoicing:
         if scope is None:
             return True
         recorder = self.billing.recorder
-        created = recorder.select_notifications(
+        created = not scope.credit_checked and recorder.select_notifications(
             scope.credit_position, 1, topics=_CREDIT_TOPICS, inclusive_of_start=False
         )
+        scope.credit_checked = True
         if created or organization_id not in scope.credit_holders:
             if created:
                 scope.credit_holders.clear()
@@ -1488,12 +1620,47 @@ class _RunScope:
     organizations: dict[UUID, Organization] = field(default_factory=dict)
     taxes: dict[UUID, "_Taxes"] = field(default_factory=dict)
     # Per organization, the customers holding a credit note or a wallet, as the index knew
-    # them at credit_position (a notification id).
+    # them at credit_position (a notification id); looked for again once per saved batch.
     credit_holders: dict[UUID, set[str]] = field(default_factory=dict)
     credit_position: int = 0
+    credit_checked: bool = False
+    # Per organization, the ids of its invoices as the index knew them when first asked.
+    indexed_invoices: dict[UUID, set[UUID]] = field(default_factory=dict)
+    # Invoices decided, not yet saved (ADR 0027), by id, and the number sequences they took
+    # their numbers from, by organization; the invoices a conflict made decide again.
+    deferring: bool = True
+    pending: dict[UUID, "_Pending"] = field(default_factory=dict)
+    sequences: dict[UUID, NumberSequence] = field(default_factory=dict)
+    reissued: dict[UUID, Invoice] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An invoice a run decided, and what decides it again after a conflict."""
+
+    invoice: Invoice
+    organization_id: UUID
+    draft: _Draft
+    watermark: int
+    now: datetime
 
 
 _RUN: ContextVar[_RunScope | None] = ContextVar("tally_billing_run", default=None)
+
+
+def _run_scope() -> _RunScope:
+    scope = _RUN.get()
+    assert scope is not None, "outside a billing run"
+    return scope
+
+
+def _credit_created() -> None:
+    """The run made a credit note: the next invoice looks for it (it may consume it)."""
+    scope = _RUN.get()
+    if scope is not None:
+        scope.credit_checked = False
+
+
 _CREDIT_TOPICS = (get_topic(CreditNote.Created), get_topic(Wallet.Created))
 
 
@@ -1571,7 +1738,7 @@ def _boundaries(subscription: Subscription, until: datetime, plan_of: Any) -> It
     """Every instant up to `until` at which the subscription has something to bill."""
     for phase, phase_end in _phases(subscription):
         plan = plan_of(phase)
-        definition = plan.definition(phase.plan.plan_version)
+        definition = plan.definition_shared(phase.plan.plan_version)
         schedule = _schedule(subscription, phase)
         charges = schedule.charges_schedule(bool(definition.get("bill_charges_monthly")))
         if definition["pay_in_advance"]:
@@ -1624,7 +1791,7 @@ def _late_boundaries(
     if not phases:
         return  # Ended as it started: nothing was ever billable.
     phase, _ = phases[-1]
-    definition = plan_of(phase).definition(phase.plan.plan_version)
+    definition = plan_of(phase).definition_shared(phase.plan.plan_version)
     charges = _schedule(subscription, phase).charges_schedule(
         bool(definition.get("bill_charges_monthly"))
     )

@@ -6,6 +6,8 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from eventsourcing.persistence import StoredEvent
+
 
 @dataclass(frozen=True)
 class StoredResponse:
@@ -40,6 +42,20 @@ class IndexEntry:
     parent_key: str | None
     status: str
     created_at: datetime
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """A change of an indexed resource's status."""
+
+    aggregate_id: UUID
+    status: str
+
+
+class EventsReader(Protocol):
+    """Many aggregates' stored events in one read, by aggregate and version."""
+
+    def select_many(self, originator_ids: Sequence[UUID]) -> list[StoredEvent]: ...
 
 
 class Clock(Protocol):

@@ -7,6 +7,7 @@ one transaction, so every event applies exactly once even when several processes
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,7 @@ from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
-from application.ports import IndexEntry
+from application.ports import IndexEntry, IndexStatus
 from domain.billable_metric import BillableMetric
 from domain.credit_note import CreditNote
 from domain.customer import Customer
@@ -28,15 +29,14 @@ from domain.tax import Tax
 from domain.wallet import Wallet
 
 CATCH_UP_BATCH = 500
+IndexChange = IndexEntry | IndexStatus
 
 
 class IndexView(TrackingRecorder, ABC):
     @abstractmethod
-    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
-        """Add a resource (or replace the one with this aggregate id), with the position."""
-
-    @abstractmethod
-    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None: ...
+    def apply(self, changes: Sequence[IndexChange], tracking: Tracking) -> None:
+        """Apply the changes in order (an entry adds a resource or replaces the one with its
+        aggregate id; a status changes one), and record the position, in one transaction."""
 
     @abstractmethod
     def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
@@ -68,25 +68,16 @@ class MemoryIndexView(POPOTrackingRecorder, IndexView):
         super().__init__()
         self._entries: dict[UUID, IndexEntry] = {}
 
-    def insert_entry(self, entry: IndexEntry, tracking: Tracking) -> None:
+    def apply(self, changes: Sequence[IndexChange], tracking: Tracking) -> None:
         with self._database_lock:
             self._assert_tracking_uniqueness(tracking)
-            self._entries[entry.aggregate_id] = entry
-            self._insert_tracking(tracking)
-
-    def set_status(self, aggregate_id: UUID, status: str, tracking: Tracking) -> None:
-        with self._database_lock:
-            self._assert_tracking_uniqueness(tracking)
-            entry = self._entries[aggregate_id]
-            self._entries[aggregate_id] = IndexEntry(
-                entry.kind,
-                entry.organization_id,
-                entry.aggregate_id,
-                entry.key,
-                entry.parent_key,
-                status,
-                entry.created_at,
-            )
+            for change in changes:
+                if isinstance(change, IndexEntry):
+                    self._entries[change.aggregate_id] = change
+                elif change.aggregate_id in self._entries:
+                    self._entries[change.aggregate_id] = replace(
+                        self._entries[change.aggregate_id], status=change.status
+                    )
             self._insert_tracking(tracking)
 
     def aggregate_ids_of_kind(self, kind: str) -> list[UUID]:
@@ -167,27 +158,43 @@ class ResourceIndexProjection(Projection[IndexView]):
     topics = tuple(get_topic(cls) for cls in (*INDEXED, *STATUSES))
 
     def process_event(self, domain_event: Any, tracking: Tracking) -> None:
-        if type(domain_event) in INDEXED:
-            kind, key, parent, status = INDEXED[type(domain_event)]
-            status = _status(domain_event, status)
-            entry = IndexEntry(
-                kind=kind,
-                # An organization indexes itself.
-                organization_id=getattr(
-                    domain_event, "organization_id", domain_event.originator_id
-                ),
-                aggregate_id=domain_event.originator_id,
-                key=str(getattr(domain_event, key)),
-                parent_key=getattr(domain_event, parent) if parent else None,
-                status=status,
-                created_at=domain_event.timestamp,
-            )
-            self.view.insert_entry(entry, tracking)
-        elif type(domain_event) in STATUSES:
-            status = _status(domain_event, STATUSES[type(domain_event)])
-            self.view.set_status(domain_event.originator_id, status, tracking)
-        else:
-            self.view.insert_tracking(tracking)  # An event we ignore still advances the position.
+        self.process_batch([domain_event], tracking)
+
+    def process_batch(self, domain_events: Sequence[Any], tracking: Tracking) -> None:
+        """The events' changes, applied with the last one's position in one transaction. Each
+        resource's changes are folded into its last state (an invoice created and finalized in
+        the batch is one row written): every change sets fields, so the result is the same."""
+        folded: dict[UUID, IndexChange] = {}
+        for event in domain_events:
+            change = _change(event)
+            if change is None:
+                continue
+            earlier = folded.get(change.aggregate_id)
+            if isinstance(change, IndexStatus) and isinstance(earlier, IndexEntry):
+                change = replace(earlier, status=change.status)
+            folded[change.aggregate_id] = change
+        self.view.apply(list(folded.values()), tracking)
+
+
+def _change(domain_event: Any) -> IndexChange | None:
+    """What an event changes in the index (None: an event we ignore; it still advances the
+    position)."""
+    if type(domain_event) in INDEXED:
+        kind, key, parent, status = INDEXED[type(domain_event)]
+        return IndexEntry(
+            kind=kind,
+            # An organization indexes itself.
+            organization_id=getattr(domain_event, "organization_id", domain_event.originator_id),
+            aggregate_id=domain_event.originator_id,
+            key=str(getattr(domain_event, key)),
+            parent_key=getattr(domain_event, parent) if parent else None,
+            status=_status(domain_event, status),
+            created_at=domain_event.timestamp,
+        )
+    if type(domain_event) in STATUSES:
+        status = _status(domain_event, STATUSES[type(domain_event)])
+        return IndexStatus(domain_event.originator_id, status)
+    return None
 
 
 def _status(domain_event: Any, default: str) -> str:
@@ -219,12 +226,21 @@ class CatchUp:
             topics=self.projection.topics,
             inclusive_of_start=False,
         )
-        for notification in notifications:
-            domain_event = self.app.mapper.to_domain_event(notification)
-            try:
-                self.projection.process_event(
-                    domain_event, Tracking(self.tracking_name, notification.id)
+        if not notifications:
+            return False
+        try:
+            if isinstance(self.projection, ResourceIndexProjection):
+                # One transaction for the batch: a billing run's catch-up was one per event.
+                self.projection.process_batch(
+                    [self.app.mapper.to_domain_event(n) for n in notifications],
+                    Tracking(self.tracking_name, notifications[-1].id),
                 )
-            except IntegrityError:
-                return True  # Another process applied it first: read the position again.
+            else:
+                for notification in notifications:
+                    self.projection.process_event(
+                        self.app.mapper.to_domain_event(notification),
+                        Tracking(self.tracking_name, notification.id),
+                    )
+        except IntegrityError:
+            return True  # Another process applied it first: read the position again.
         return len(notifications) == CATCH_UP_BATCH

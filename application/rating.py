@@ -3,11 +3,12 @@
 Three sources of the same totals. Without a watermark (current usage), the rollups serve what
 they can. At a watermark (invoices), the billing run reads the raw log up to it aggregated by the
 store, one read per subscription and period (UsageLog.totals_at: per code and dimension values,
-from the stored values); the audit, within `from_events()`, reads every event and aggregates
-them here from their properties, the reference that proves the run (ADR 0025). What neither
-totals path can answer (unique counts, weighted sums, percentages, proration, a charge keyed on
-a property the stored dimensions lack) is always aggregated from the events. All classify into
-the same buckets (domain/rating.py), so they agree exactly.
+from the stored values), or one read for many within `prefetched()` (ADR 0027); the audit,
+within `from_events()`, reads every event and aggregates them here from their properties, the
+reference that proves the run (ADR 0025). What neither totals path can answer (unique counts,
+weighted sums, percentages, proration, a charge keyed on a property the stored dimensions lack)
+is always aggregated from the events. All classify into the same buckets (domain/rating.py), so
+they agree exactly.
 """
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -20,7 +21,7 @@ from uuid import UUID
 
 from application.base import BillingBase
 from application.fresh_aggregates import FreshAggregates
-from application.usage_log import UsageLog, UsageTotal
+from application.usage_log import Span, UsageLog, UsageTotal
 from domain import ids
 from domain.billable_metric import BillableMetric
 from domain.charges import pricing_group_keys
@@ -54,6 +55,19 @@ _FROM_EVENTS: ContextVar[bool] = ContextVar("tally_rating_from_events", default=
 _SNAPSHOT: ContextVar[bool] = ContextVar("tally_rating_snapshot", default=False)
 
 
+@dataclass(frozen=True)
+class _Prefetched:
+    """totals_at() of many spans of one organization, read at once (Rating.prefetched)."""
+
+    organization_id: UUID
+    codes: frozenset[str]
+    up_to_position: int
+    totals: dict[Span, dict[str, list[UsageTotal]]]
+
+
+_PREFETCHED: ContextVar[_Prefetched | None] = ContextVar("tally_rating_prefetched", default=None)
+
+
 @contextmanager
 def from_events() -> Iterator[None]:
     """Within this block (this thread or task only), rating at a watermark reads every event
@@ -82,6 +96,49 @@ class Rating:
             yield
         finally:
             _SNAPSHOT.reset(token)
+
+    @contextmanager
+    def prefetched(
+        self,
+        organization_id: UUID,
+        spans: Sequence[Span],
+        codes: Sequence[str],
+        up_to_position: int,
+    ) -> Iterator[None]:
+        """Within this block (this thread or task only), rating these (subscription, start,
+        end) spans at up_to_position reads their totals of these codes from one read made
+        here; anything else reads as usual."""
+        totals = self.usage.totals_at_many(organization_id, spans, codes, up_to_position)
+        token = _PREFETCHED.set(
+            _Prefetched(organization_id, frozenset(codes), up_to_position, totals)
+        )
+        try:
+            yield
+        finally:
+            _PREFETCHED.reset(token)
+
+    def _totals_at(
+        self,
+        organization_id: UUID,
+        external_subscription_id: str,
+        codes: Sequence[str],
+        start_at: datetime,
+        end_at: datetime,
+        up_to_position: int,
+    ) -> dict[str, list[UsageTotal]]:
+        found = _PREFETCHED.get()
+        if (
+            found is not None
+            and found.organization_id == organization_id
+            and found.up_to_position == up_to_position
+            and found.codes.issuperset(codes)
+        ):
+            totals = found.totals.get((external_subscription_id, start_at, end_at))
+            if totals is not None:
+                return {code: totals[code] for code in codes if code in totals}
+        return self.usage.totals_at(
+            organization_id, external_subscription_id, codes, start_at, end_at, up_to_position
+        )
 
     def metric(self, organization_id: UUID, code: str) -> tuple[BillableMetric, MetricRule]:
         metric: BillableMetric = self.aggregates.get(ids.billable_metric_id(organization_id, code))
@@ -125,7 +182,7 @@ class Rating:
             ]
             if codes:
                 at_watermark = (
-                    self.usage.totals_at(
+                    self._totals_at(
                         organization_id,
                         external_subscription_id,
                         codes,
@@ -133,7 +190,7 @@ class Rating:
                         period.end_at,
                         up_to_position,
                     ),
-                    self.usage.totals_at(
+                    self._totals_at(
                         organization_id,
                         external_subscription_id,
                         recurring,

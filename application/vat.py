@@ -144,8 +144,13 @@ class TaxEngine(Protocol):
     """
 
     def taxes_for(
-        self, organization_id: UUID, customer: Customer, supply_date: date
-    ) -> TaxDecision | None: ...
+        self,
+        organization_id: UUID,
+        customer: Customer,
+        supply_date: date,
+        organization: Organization | None = None,
+    ) -> TaxDecision | None:
+        """organization: the organization, when the caller holds it (a run reads it once)."""
 
 
 # The Billing mixin.
@@ -312,7 +317,11 @@ class VatChecks:
         no number, or a number that is malformed or never grounds a reverse charge.
         """
         customer = self._customer(organization_id, external_customer_id)
-        organization = self._organization(organization_id)
+        return self._request_check(self._organization(organization_id), customer)
+
+    def _request_check(
+        self, organization: Organization, customer: Customer
+    ) -> VatNumberCheck | None:
         entity = organization.seller_for(customer.fields.get("billing_entity_code"))
         if not entity.eu_tax_management:
             return None
@@ -322,7 +331,7 @@ class VatChecks:
         if not number.well_formed:
             return None
         assert number.number is not None
-        return self._ensure_check(organization_id, number.number, _requester(entity))
+        return self._ensure_check(organization.id, number.number, _requester(entity))
 
     def run(self, now: datetime | None = None) -> int:
         """Request checks for customers whose VAT number appeared or changed, then attempt
@@ -366,7 +375,11 @@ class VatChecks:
         )
 
     def taxes_for(
-        self, organization_id: UUID, customer: Customer, supply_date: date
+        self,
+        organization_id: UUID,
+        customer: Customer,
+        supply_date: date,
+        organization: Organization | None = None,
     ) -> TaxDecision | None:
         """TaxEngine: the EU VAT decision as taxes, or None when EU VAT is not managed.
 
@@ -374,12 +387,12 @@ class VatChecks:
         old (the decision is then pending until `run` gets VIES's answer), and ensures the Tax
         aggregate of the decision's code exists (`ensure_eu_taxes`).
         """
-        organization = self._organization(organization_id)
+        organization = organization or self._organization(organization_id)
         entity = organization.seller_for(customer.fields.get("billing_entity_code"))
         if not entity.eu_tax_management or entity.country not in EU_MEMBER_STATES:
             return None
         if not customer.deleted:
-            self.request_check(organization_id, customer.external_id)
+            self._request_check(organization, customer)
         decision = self.decision_for(organization, customer, supply_date)
         self.billing.ensure_eu_taxes(organization_id, decision)
         return TaxDecision(

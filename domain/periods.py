@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from fractions import Fraction
-from functools import cached_property
+from functools import cached_property, lru_cache
 from types import MappingProxyType
 from typing import Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -169,6 +169,7 @@ def _period_dates(anchor: date, interval: str, index: int) -> tuple[date, date]:
     return add_months(anchor, index * months), add_months(anchor, (index + 1) * months)
 
 
+@lru_cache(maxsize=65_536)  # Pure, and asked for again and again by every billing run.
 def billing_period(anchor: date, interval: str, index: int, timezone: str) -> Period:
     """The index-th period. Never derived from the previous one, so Jan 31 → Feb 28 → Mar 31.
 

@@ -662,6 +662,12 @@ def check_voids_append_a_reversal_and_drop_from_totals(log: UsageLog) -> None:
             )
             found = log.totals_at(org, "sub_1", ["tokens", "calls"], start_at, until, bound)
             assert found == expected_at, (bound, start_at)
+            # Many spans in one read (the billing run's): each as totals_at, none left out.
+            spans = [("sub_1", start_at, until), ("sub_none", start_at, until)]
+            assert log.totals_at_many(org, spans, ["tokens", "calls"], bound) == {
+                spans[0]: found,
+                spans[1]: {},
+            }
     assert log.totals_at(org, "sub_1", ["tokens"], START, end_at, before_void)["tokens"][0] == (
         UsageTotal(
             (("model", "large"),),

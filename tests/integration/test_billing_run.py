@@ -15,6 +15,7 @@ from uuid import UUID
 
 import psycopg
 import pytest
+from eventsourcing.persistence import IntegrityError
 from psycopg import sql
 
 from adapters.settings import Settings, SettingsError
@@ -140,6 +141,54 @@ def test_concurrent_billing_runs_issue_each_invoice_once_with_gapless_numbers(
     assert sorted(i.sequential_id or 0 for i in issued) == [1, 2, 3, 4, 5, 6]
     assert len({i.number for i in issued}) == 6
     assert {i.status for i in issued} == {"finalized"}
+
+
+def test_a_run_whose_saved_batch_collides_decides_each_invoice_again(
+    store_settings: Settings, store_ledger: Ledger
+) -> None:
+    """A run saves its invoices in batches (ADR 0027). When another run made them first, the
+    batch's save collides; each invoice is then read and decided again, alone: none twice, no
+    number lost."""
+    org = catalog(store_ledger, customers=3)
+    at(store_ledger, MAY_1)
+    first, other = open_ledger(store_settings), open_ledger(store_settings)
+    flush = first.invoicing._flush
+    calls = []
+
+    def flush_after_the_other_run() -> None:
+        if not calls:
+            calls.append(other.invoicing.run(MAY_1))  # Between this run's decisions and save.
+        flush()
+
+    save = first.billing.save
+    collided: list[int] = []
+
+    def save_counting_collisions(*aggregates: Any) -> Any:
+        try:
+            return save(*aggregates)
+        except IntegrityError:
+            collided.append(len(aggregates))
+            raise
+
+    first.invoicing._flush = flush_after_the_other_run  # type: ignore[method-assign]
+    first.billing.save = save_counting_collisions  # type: ignore[method-assign]
+    try:
+        at(first, MAY_1)
+        at(other, MAY_1)
+        ran = first.invoicing.run(MAY_1)
+    finally:
+        first.close()
+        other.close()
+    assert collided[0] == 7  # The six invoices and their number sequence, in one save.
+    issued = invoices(store_ledger, org)
+    assert len(issued) == 6
+    assert (
+        sorted(i.id for i in ran) == sorted(i.id for i in calls[0]) == sorted(i.id for i in issued)
+    )
+    assert [i.number for i in ran] == [
+        next(j.number for j in issued if j.id == i.id) for i in ran
+    ]  # What the run answers is what is stored.
+    assert sorted(i.sequential_id or 0 for i in issued) == [1, 2, 3, 4, 5, 6]
 
 
 def test_the_worker_bills_in_the_background_until_stopped(store_ledger: Ledger) -> None:

@@ -154,17 +154,17 @@ def counted_run(ledger: Ledger) -> dict[str, int]:
     """Run the billing, counting the points a crash can hit: saves and projected events."""
     counts = {"saves": 0, "projected": 0}
     index, save = ledger.billing.index, ledger.billing.save
-    process_event = index.process_event
+    process_batch = index.process_batch
 
     def counting_projection(*args: Any, **kwargs: Any) -> None:
         counts["projected"] += 1
-        process_event(*args, **kwargs)
+        process_batch(*args, **kwargs)
 
     def counting_save(*objs: Any, **kwargs: Any) -> Any:
         counts["saves"] += 1
         return save(*objs, **kwargs)
 
-    index.process_event = counting_projection  # type: ignore[method-assign]
+    index.process_batch = counting_projection  # type: ignore[method-assign]
     ledger.billing.save = counting_save  # type: ignore[method-assign]
     ledger.billing.now = lambda: JULY_1
     ledger.invoicing.run(JULY_1)
@@ -180,16 +180,16 @@ def crash_once(settings: Settings, seed: int, points: dict[str, int]) -> tuple[s
     calls = 0
     if mode == "in_projection":
         index = ledger.billing.index
-        process_event = index.process_event
+        process_batch = index.process_batch
 
         def dying_projection(*args: Any, **kwargs: Any) -> None:
             nonlocal calls
             calls += 1
             if calls == crash_at:
                 raise Crash()
-            process_event(*args, **kwargs)
+            process_batch(*args, **kwargs)
 
-        index.process_event = dying_projection  # type: ignore[method-assign]
+        index.process_batch = dying_projection  # type: ignore[method-assign]
     else:
         save = ledger.billing.save
 

@@ -93,19 +93,20 @@ def outbox_answers(view: OutboxView, organization_id: UUID) -> list[Any]:
 
 def rebuilt_index(catalog: Catalog, crash_after: int | None, batch: int) -> MemoryIndexView:
     """A fresh index caught up from the log, in batches of `batch`; with crash_after, killed
-    after that many events, then resumed from the position it recorded."""
+    while applying the batch that holds that event (a batch is one transaction: none of it
+    is applied), then resumed from the position it recorded."""
     projection = ResourceIndexProjection(view=MemoryIndexView())
-    process_event = projection.process_event
+    process_batch = projection.process_batch
     applied = 0
 
-    def dying(domain_event: Any, tracking: Any) -> None:
+    def dying(domain_events: Any, tracking: Any) -> None:
         nonlocal applied
-        applied += 1
-        if applied == crash_after:
+        before, applied = applied, applied + len(domain_events)
+        if crash_after is not None and before < crash_after <= applied:
             raise Crash()
-        process_event(domain_event, tracking)
+        process_batch(domain_events, tracking)
 
-    projection.process_event = dying  # type: ignore[method-assign]
+    projection.process_batch = dying  # type: ignore[method-assign]
     default_batch = projections.CATCH_UP_BATCH
     projections.CATCH_UP_BATCH = batch
     try:
