@@ -11,7 +11,7 @@ from eventsourcing.sqlite import SQLiteFactory
 import adapters.sqlite_writes  # noqa: F401 (write transactions begin IMMEDIATE on SQLite)
 from adapters.audit_log import MemoryAuditLog, PostgresAuditLog, SQLiteAuditLog
 from adapters.data_keys import MemoryDataKeys, PostgresDataKeys, SQLiteDataKeys
-from adapters.events_postgres import PostgresEventsReader
+from adapters.events_postgres import PostgresEventsReader, binary_event_inserts
 from adapters.faults import FaultInjector, fault_plan_from_env, inject
 from adapters.idempotency import (
     MemoryIdempotencyStore,
@@ -148,6 +148,7 @@ def open_ledger(
     factory = billing.factory
     if isinstance(billing.recorder, PostgresAggregateRecorder):
         billing.events_reader = PostgresEventsReader(billing.recorder)
+        binary_event_inserts(billing.recorder)
     audit_log: AuditLog
     idempotency: IdempotencyStore
     usage: UsageLog
