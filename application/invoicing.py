@@ -13,7 +13,8 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from contextvars import ContextVar
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -27,7 +28,7 @@ from eventsourcing.utils import get_topic
 from application.billing import Billing
 from application.credit_notes import available_credit_notes, issue_credit_note
 from application.errors import ConcurrencyConflictError, NotFoundError
-from application.rating import Rating, from_events
+from application.rating import Prefetched, Rating, from_events
 from application.usage_log import Span, UsageLog
 from application.vat import TaxEngine
 from application.wallets import apply_wallets, recredit_wallets, settle_top_up
@@ -190,23 +191,41 @@ class Invoicing:
                 if subscription.canceled_at is None and subscription.subscription_at <= now:
                     by_customer[subscription.external_customer_id].append(subscription)
             customers = sorted(by_customer.items())
-            for first in range(0, len(customers), PREFETCH_CUSTOMERS):
-                chunk = customers[first : first + PREFETCH_CUSTOMERS]
-                spans, codes = self._charge_spans(
-                    [s for _, subscriptions in chunk for s in subscriptions], now
-                )
-                loaded = self.billing.load_many(
-                    [ids.customer_id(org, external_id) for external_id, _ in chunk]
-                )
-                with self.rating.prefetched(org, spans, sorted(codes), _run_scope().watermark):
-                    for external_customer_id, customer_subscriptions in chunk:
-                        customer = loaded[ids.customer_id(org, external_customer_id)]
-                        invoices.extend(
-                            self.bill_customer(
-                                org, external_customer_id, customer_subscriptions, now, customer
+            chunks = [
+                customers[first : first + PREFETCH_CUSTOMERS]
+                for first in range(0, len(customers), PREFETCH_CUSTOMERS)
+            ]
+            # The next chunk is read in a thread while this one is billed: the database works
+            # on the other core while this one computes (the thread shares the run's scope).
+            with ThreadPoolExecutor(max_workers=1) as reader:
+                context = copy_context()
+                ahead = [reader.submit(context.run, self._read, org, c, now) for c in chunks[:1]]
+                for position, chunk in enumerate(chunks):
+                    loaded, prefetched = ahead[position].result()
+                    if position + 1 < len(chunks):
+                        following = chunks[position + 1]
+                        ahead.append(reader.submit(context.run, self._read, org, following, now))
+                    with self.rating.prefetched(prefetched):
+                        for external_customer_id, customer_subscriptions in chunk:
+                            customer = loaded[ids.customer_id(org, external_customer_id)]
+                            invoices.extend(
+                                self.bill_customer(
+                                    org, external_customer_id, customer_subscriptions, now, customer
+                                )
                             )
-                        )
         return invoices
+
+    def _read(
+        self, organization_id: UUID, chunk: list[tuple[str, list[Subscription]]], now: datetime
+    ) -> tuple[dict[UUID, Any], Prefetched]:
+        """What billing these customers reads, read at once: the customers, and the usage
+        totals of the charges periods their latest boundaries close."""
+        spans, codes = self._charge_spans([s for _, subs in chunk for s in subs], now)
+        loaded = self.billing.load_many(
+            [ids.customer_id(organization_id, external_id) for external_id, _ in chunk]
+        )
+        watermark = _run_scope().watermark
+        return loaded, self.rating.prefetch(organization_id, spans, sorted(codes), watermark)
 
     def _charge_spans(
         self, subscriptions: list[Subscription], now: datetime

@@ -56,8 +56,8 @@ _SNAPSHOT: ContextVar[bool] = ContextVar("tally_rating_snapshot", default=False)
 
 
 @dataclass(frozen=True)
-class _Prefetched:
-    """totals_at() of many spans of one organization, read at once (Rating.prefetched)."""
+class Prefetched:
+    """totals_at() of many spans of one organization, read at once (Rating.prefetch)."""
 
     organization_id: UUID
     codes: frozenset[str]
@@ -65,7 +65,7 @@ class _Prefetched:
     totals: dict[Span, dict[str, list[UsageTotal]]]
 
 
-_PREFETCHED: ContextVar[_Prefetched | None] = ContextVar("tally_rating_prefetched", default=None)
+_PREFETCHED: ContextVar[Prefetched | None] = ContextVar("tally_rating_prefetched", default=None)
 
 
 @contextmanager
@@ -97,21 +97,23 @@ class Rating:
         finally:
             _SNAPSHOT.reset(token)
 
-    @contextmanager
-    def prefetched(
+    def prefetch(
         self,
         organization_id: UUID,
         spans: Sequence[Span],
         codes: Sequence[str],
         up_to_position: int,
-    ) -> Iterator[None]:
-        """Within this block (this thread or task only), rating these (subscription, start,
-        end) spans at up_to_position reads their totals of these codes from one read made
-        here; anything else reads as usual."""
+    ) -> Prefetched:
+        """The totals of these codes over these (subscription, start, end) spans at
+        up_to_position, in one read, for `prefetched()`."""
         totals = self.usage.totals_at_many(organization_id, spans, codes, up_to_position)
-        token = _PREFETCHED.set(
-            _Prefetched(organization_id, frozenset(codes), up_to_position, totals)
-        )
+        return Prefetched(organization_id, frozenset(codes), up_to_position, totals)
+
+    @contextmanager
+    def prefetched(self, found: Prefetched) -> Iterator[None]:
+        """Within this block (this thread or task only), rating the spans read by `prefetch()`
+        at its watermark takes their totals from it; anything else reads as usual."""
+        token = _PREFETCHED.set(found)
         try:
             yield
         finally:
