@@ -625,14 +625,13 @@ class PostgresUsageLog:
                 },
             )
             rows = curs.fetchall()
+        # Sorted as totals_at() sorts: by the dimensions' text, which the rows hold.
+        rows.sort(key=lambda row: row["dimensions"])
         found: dict[Span, dict[str, list[UsageTotal]]] = {span: {} for span in unique}
         for row in rows:
             # Aware datetimes: equal (and hashed) as instants, whatever their zone.
             span = (row["sub"], row["start_at"], row["end_at"])
             found[span].setdefault(row["code"], []).append(_usage_total(row))
-        for totals in found.values():
-            for found_totals in totals.values():
-                found_totals.sort(key=lambda total: dimensions_text(total.dimensions))
         return found
 
     def events_since(

@@ -387,8 +387,7 @@ class Invoicing:
         else:  # The engine's decision replaces the catalog's levels; its rates are recorded.
             codes = tuple(line.tax_code for line in decision.taxes)
             fees = [
-                fee if fee.fee_type == "credit" else replace(fee, tax_codes=codes)
-                for fee in draft.fees
+                fee if fee.fee_type == "credit" else fee.with_tax_codes(codes) for fee in draft.fees
             ]
             used_rates = {line.tax_code: line.rate for line in decision.taxes}
         scope = _RUN.get()
@@ -1696,7 +1695,7 @@ class _Taxes:
         codes = applicable_tax_codes(
             fee.tax_codes, [], customer.fields.get("tax_codes") or [], self.defaults
         )
-        return replace(fee, tax_codes=tuple(code for code in codes if code in self.rates))
+        return fee.with_tax_codes(tuple(code for code in codes if code in self.rates))
 
 
 def content_hash(invoice: Invoice) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Final, Protocol
 from uuid import UUID
 
@@ -273,6 +274,7 @@ def dimensions_text(dimensions: Dimensions) -> str:
     return json.dumps([list(pair) for pair in dimensions], separators=(",", ":"))
 
 
+@lru_cache(maxsize=65_536)  # The stores' totals repeat few texts; the tuples are immutable.
 def dimensions_from_text(text: str) -> Dimensions:
     return tuple((key, value) for key, value in json.loads(text))
 

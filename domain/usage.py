@@ -619,6 +619,8 @@ def _units(
 
 def _fraction_to_decimal(value: Fraction) -> Decimal:
     """Exact when it has at most UNITS_PLACES places, else rounded half-up to UNITS_PLACES."""
+    if value.denominator == 1:  # Whole units (token counts): what the rounding below gives.
+        return Decimal(value.numerator)
     whole = round_fraction(value, "round", UNITS_PLACES)
     return _plain_decimal(whole)
 
