@@ -465,7 +465,7 @@ class Invoicing:
         scope.sequences.clear()
         scope.credit_checked = False  # A batch's worth of time: look for new credit again.
         try:
-            self.billing.save(*(p.invoice for p in pending), *sequences)
+            recordings = self.billing.save(*(p.invoice for p in pending), *sequences)
         except IntegrityError:
             scope.deferring = False
             try:
@@ -475,6 +475,9 @@ class Invoicing:
                         scope.reissued[invoice.id] = invoice
             finally:
                 scope.deferring = True
+        else:
+            # The index takes the batch as saved, instead of reading it back at the run's end.
+            self.billing.catch_up.recorded(recordings)
 
     def _finalize(
         self, invoice: Invoice, now: datetime, timezone: str, on_finalization_date: bool

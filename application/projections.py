@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import IntegrityError, Tracking, TrackingRecorder
+from eventsourcing.persistence import IntegrityError, Recording, Tracking, TrackingRecorder
 from eventsourcing.popo import POPOTrackingRecorder
 from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
@@ -216,6 +216,35 @@ class CatchUp:
         with self._lock:
             while self._step():
                 pass
+
+    def recorded(self, recordings: Sequence[Recording[UUID]]) -> None:
+        """Apply what this process has just saved without reading it back, if nothing the
+        projection follows was recorded between its position and these recordings (else the
+        next catch-up reads them as usual). Stores serialise their inserts (the library locks
+        the events table on PostgreSQL), so every notification before these is committed."""
+        if not recordings or not isinstance(self.projection, ResourceIndexProjection):
+            return
+        first, last = recordings[0].notification.id, recordings[-1].notification.id
+        with self._lock:
+            view = self.projection.view
+            position = view.max_tracking_id(self.tracking_name) or 0
+            if first <= position:
+                return  # Applied already.
+            between = self.app.recorder.select_notifications(
+                position,
+                1,
+                stop=first - 1,
+                topics=self.projection.topics,
+                inclusive_of_start=False,
+            )
+            if between:
+                return
+            followed = set(self.projection.topics)
+            events = [r.domain_event for r in recordings if r.notification.topic in followed]
+            try:
+                self.projection.process_batch(events, Tracking(self.tracking_name, last))
+            except IntegrityError:
+                return  # Another process applied them first.
 
     def _step(self) -> bool:
         view = self.projection.view

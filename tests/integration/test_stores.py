@@ -2,7 +2,7 @@
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -121,3 +121,33 @@ def test_idempotency_keys_are_scoped_and_remembered(store_ledger: Ledger) -> Non
         store.reserve(org_a.id, "k", "hash-other")
     store.release(org_b.id, "k")
     assert store.reserve(org_b.id, "k", "hash-3") is None
+
+
+def test_the_index_takes_what_was_just_saved_unless_something_came_in_between(
+    store_ledger: Ledger,
+) -> None:
+    """A billing run hands the index the invoices it has just saved (ADR 0027): applied at
+    once if nothing the index follows was recorded since its position, else left to the next
+    catch-up, which reads everything in order."""
+    billing = store_ledger.billing
+    organization, _ = billing.create_organization("acme")
+
+    def listed() -> set[UUID]:
+        found, _ = billing.index.view.page(organization.id, "customer", 1, 100)
+        return set(found)
+
+    first = Customer.create(organization.id, "cus_1", {})
+    billing.save(first)  # Not caught up: the index does not know it yet.
+    second = Customer.create(organization.id, "cus_2", {})
+    billing.catch_up.recorded(billing.save(second))
+    assert listed() == set()  # cus_1 came in between: nothing is applied out of order.
+    billing.catch_up()
+    assert listed() == {first.id, second.id}
+    third = Customer.create(organization.id, "cus_3", {})
+    recordings = billing.save(third)
+    billing.catch_up.recorded(recordings)
+    assert listed() == {first.id, second.id, third.id}
+    position = billing.index.view.max_tracking_id(billing.catch_up.tracking_name)
+    assert position == recordings[-1].notification.id
+    billing.catch_up.recorded(recordings)  # Again: applied already, nothing changes.
+    assert listed() == {first.id, second.id, third.id}
