@@ -791,6 +791,34 @@ class Invoicing:
             )
             draft.subscriptions.add(external_id)
 
+    def _advance_cents(
+        self,
+        subscription: Subscription,
+        definition: Mapping[str, Any],
+        period: Period | None,
+        watermark: int,
+    ) -> int:
+        """What the pay-in-advance charges' fees of a charges period come to at a watermark:
+        per bucket the model of its high-water units, which is what the period's advance bills
+        sum to, to the cent (domain.invoicing.advance_fees), unless an event billed was voided
+        since (its fee is not refunded, §4.9, but is not counted here)."""
+        if period is None:
+            return 0
+        org, external_id = subscription.organization_id, subscription.external_id
+        cents = 0
+        for charge in definition.get("charges", []):
+            if not _in_advance(charge):
+                continue
+            _, rule = self.rating.metric(org, charge["billable_metric_code"])
+            if rule.aggregation_type not in ADVANCE_AGGREGATION_TYPES:
+                continue
+            events = [
+                s.event for s in self._ordered(org, external_id, rule.code, period, watermark)
+            ]
+            fees = advance_fees(charge, rule, definition["amount_currency"], period, [], [], events)
+            cents += sum(fee.amount_cents for fee in fees)
+        return cents
+
     def _ordered(
         self, org: UUID, external_id: str, code: str, period: Period, up_to: int
     ) -> list[Any]:
@@ -827,6 +855,7 @@ class Invoicing:
             }
             # Charges of the charges period that closes here.
             closing = _closing_period(charges, phase.starts_at, phase_end, boundary)
+            closing_cents = 0  # What those charges come to, their minimums' true-ups included.
             if closing is not None:
                 rated = self.rating.rate_charges(
                     subscription.organization_id,
@@ -848,6 +877,7 @@ class Invoicing:
                         if not charge.charge.get("pay_in_advance")
                     ]
                     lines.extend(charge_lines)
+                    closing_cents += sum(line.amount_cents for line in charge_lines)
                     minimum = charge.charge.get("min_amount_cents") or 0
                     if minimum and charge_lines:
                         index = charges.index_at(closing.start_at)
@@ -857,6 +887,7 @@ class Invoicing:
                             billed_days=charges.billed_days(index),
                             period_days=charges.period_days(index),
                         )
+                        closing_cents += top_up
                         if top_up:
                             lines.append(
                                 true_up_line(
@@ -896,25 +927,33 @@ class Invoicing:
             amount_cents = definition["amount_cents"]
             arrears = _closing_period(schedule, phase.starts_at, phase_end, boundary)
             trial_ended_at = subscription.trial_ended_at()
-            if arrears is not None and not definition["pay_in_advance"]:
+            if arrears is not None:
                 index = schedule.index_at(arrears.start_at)
-                lines.append(
-                    subscription_fee(
-                        **common,
-                        amount_cents=amount_cents,
-                        currency_exponent=exponent,
-                        schedule=schedule,
-                        index=index,
-                        trial_ended_at=trial_ended_at,
-                        # Cut where the phase ends: a termination, or a plan change (§5.6).
-                        ended_at=arrears.end_at,
-                        invoice_display_name=definition.get("invoice_display_name"),
-                        tax_codes=plan_taxes,
-                    )
+                base_fee = subscription_fee(
+                    **common,
+                    amount_cents=amount_cents,
+                    currency_exponent=exponent,
+                    schedule=schedule,
+                    index=index,
+                    trial_ended_at=trial_ended_at,
+                    # Cut where the phase ends: a termination, or a plan change (§5.6).
+                    ended_at=arrears.end_at,
+                    invoice_display_name=definition.get("invoice_display_name"),
+                    tax_codes=plan_taxes,
                 )
+                if not definition["pay_in_advance"]:
+                    lines.append(base_fee)
                 commitment = definition.get("minimum_commitment")
                 if commitment:
-                    fees_cents = sum(line.amount_cents for line in lines)
+                    # §4.11: the period's fees, whichever invoice carries them: its base fee
+                    # (here in arrears, or on the invoice of its start in advance: its true-up
+                    # is then on the next one, this), its charges, and its pay-in-advance
+                    # charges' fees.
+                    fees_cents = (
+                        base_fee.amount_cents
+                        + closing_cents
+                        + self._advance_cents(subscription, definition, closing, watermark)
+                    )
                     top_up = minimum_commitment_true_up_cents(
                         fees_cents,
                         commitment["amount_cents"],
