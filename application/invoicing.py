@@ -12,7 +12,7 @@ Its id derives from (customer, currency, boundary): running twice, or concurrent
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field, replace
@@ -60,6 +60,7 @@ from domain.periods import (
     local_days,
     local_midnight_at,
 )
+from domain.rating import MetricRule
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes
 from domain.vat import supply_date_of
@@ -726,12 +727,7 @@ class Invoicing:
                 bool(definition.get("bill_charges_monthly"))
             )
             plan_taxes = definition.get("tax_codes") or []
-            for charge in definition.get("charges", []):
-                if not _in_advance(charge):
-                    continue
-                _, rule = self.rating.metric(org, charge["billable_metric_code"])
-                if rule.aggregation_type not in ADVANCE_AGGREGATION_TYPES:
-                    continue
+            for charge, rule in self._billed_in_advance(org, definition):
                 changed = self.usage.events_since(
                     org, external_id, rule.code, phase.starts_at, phase_end, since, watermark
                 )
@@ -806,18 +802,23 @@ class Invoicing:
             return 0
         org, external_id = subscription.organization_id, subscription.external_id
         cents = 0
-        for charge in definition.get("charges", []):
-            if not _in_advance(charge):
-                continue
-            _, rule = self.rating.metric(org, charge["billable_metric_code"])
-            if rule.aggregation_type not in ADVANCE_AGGREGATION_TYPES:
-                continue
+        for charge, rule in self._billed_in_advance(org, definition):
             events = [
                 s.event for s in self._ordered(org, external_id, rule.code, period, watermark)
             ]
             fees = advance_fees(charge, rule, definition["amount_currency"], period, [], [], events)
             cents += sum(fee.amount_cents for fee in fees)
         return cents
+
+    def _billed_in_advance(
+        self, organization_id: UUID, definition: Mapping[str, Any]
+    ) -> Iterator[tuple[Mapping[str, Any], MetricRule]]:
+        """The plan's pay-in-advance charges billed per event, with their metrics' rules."""
+        for charge in definition.get("charges", []):
+            if _in_advance(charge):
+                _, rule = self.rating.metric(organization_id, charge["billable_metric_code"])
+                if rule.aggregation_type in ADVANCE_AGGREGATION_TYPES:
+                    yield charge, rule
 
     def _ordered(
         self, org: UUID, external_id: str, code: str, period: Period, up_to: int
