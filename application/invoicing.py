@@ -787,6 +787,66 @@ class Invoicing:
             )
             draft.subscriptions.add(external_id)
 
+    def _charge_lines(
+        self,
+        subscription: Subscription,
+        definition: Mapping[str, Any],
+        charges: BillingSchedule,
+        period: Period,
+        watermark: int,
+        common: Mapping[str, Any],
+    ) -> list[FeeLine]:
+        """The lines of a charges period's charges billed in arrears, at the watermark, each
+        charge's minimum true-up after its lines (§4.10)."""
+        external_id = subscription.external_id
+        plan_taxes = definition.get("tax_codes") or []
+        exponent = CURRENCY_EXPONENTS[definition["amount_currency"]]
+        rated = self.rating.rate_charges(
+            subscription.organization_id,
+            external_id,
+            definition,
+            period,
+            subscription.timezone,
+            up_to_position=watermark,
+        )
+        lines: list[FeeLine] = []
+        for charge in rated:
+            if charge.charge.get("pay_in_advance"):
+                continue
+            tax_codes = charge.charge.get("tax_codes") or plan_taxes
+            charge_lines = [
+                charge_fee_line(fee, **common, period=period, tax_codes=tax_codes)
+                for fee in charge.fees
+            ]
+            lines.extend(charge_lines)
+            minimum = charge.charge.get("min_amount_cents") or 0
+            if not (minimum and charge_lines):
+                continue
+            index = charges.index_at(period.start_at)
+            top_up = charge_minimum_true_up_cents(
+                sum(line.amount_cents for line in charge_lines),
+                minimum,
+                billed_days=charges.billed_days(index),
+                period_days=charges.period_days(index),
+            )
+            if top_up:
+                lines.append(
+                    true_up_line(
+                        key=f"charge_minimum:{external_id}:{charge.charge['lago_id']}:"
+                        f"{period_key(period)}",
+                        fee_type="charge",
+                        cents=top_up,
+                        **common,
+                        period=period,
+                        invoice_display_name="Minimum spending true-up",
+                        tax_codes=tax_codes,
+                        currency_exponent=exponent,
+                        charge_id=charge.charge["lago_id"],
+                        charge_code=charge.charge["code"],
+                    )
+                )
+        return lines
+
     def _advance_cents(
         self,
         subscription: Subscription,
@@ -856,55 +916,14 @@ class Invoicing:
             }
             # Charges of the charges period that closes here.
             closing = _closing_period(charges, phase.starts_at, phase_end, boundary)
-            closing_cents = 0  # What those charges come to, their minimums' true-ups included.
-            if closing is not None:
-                rated = self.rating.rate_charges(
-                    subscription.organization_id,
-                    external_id,
-                    definition,
-                    closing,
-                    subscription.timezone,
-                    up_to_position=watermark,
+            closing_lines = (
+                []
+                if closing is None
+                else self._charge_lines(
+                    subscription, definition, charges, closing, watermark, common
                 )
-                for charge in rated:
-                    charge_lines = [
-                        charge_fee_line(
-                            fee,
-                            **common,
-                            period=closing,
-                            tax_codes=charge.charge.get("tax_codes") or plan_taxes,
-                        )
-                        for fee in charge.fees
-                        if not charge.charge.get("pay_in_advance")
-                    ]
-                    lines.extend(charge_lines)
-                    closing_cents += sum(line.amount_cents for line in charge_lines)
-                    minimum = charge.charge.get("min_amount_cents") or 0
-                    if minimum and charge_lines:
-                        index = charges.index_at(closing.start_at)
-                        top_up = charge_minimum_true_up_cents(
-                            sum(line.amount_cents for line in charge_lines),
-                            minimum,
-                            billed_days=charges.billed_days(index),
-                            period_days=charges.period_days(index),
-                        )
-                        closing_cents += top_up
-                        if top_up:
-                            lines.append(
-                                true_up_line(
-                                    key=f"charge_minimum:{external_id}:{charge.charge['lago_id']}:"
-                                    f"{period_key(closing)}",
-                                    fee_type="charge",
-                                    cents=top_up,
-                                    **common,
-                                    period=closing,
-                                    invoice_display_name="Minimum spending true-up",
-                                    tax_codes=charge.charge.get("tax_codes") or plan_taxes,
-                                    currency_exponent=exponent,
-                                    charge_id=charge.charge["lago_id"],
-                                    charge_code=charge.charge["code"],
-                                )
-                            )
+            )
+            lines.extend(closing_lines)
             # Late usage of this phase's earlier periods, or of a phase that ended before.
             late_before = closing.start_at if closing is not None else phase_end
             if closing is not None or phase_end < boundary:
@@ -948,13 +967,20 @@ class Invoicing:
                 if commitment:
                     # §4.11: the period's fees, whichever invoice carries them: its base fee
                     # (here in arrears, or on the invoice of its start in advance: its true-up
-                    # is then on the next one, this), its charges, and its pay-in-advance
-                    # charges' fees.
-                    fees_cents = (
-                        base_fee.amount_cents
-                        + closing_cents
-                        + self._advance_cents(subscription, definition, closing, watermark)
+                    # is then on the next one, this), the charges of every charges period in it
+                    # (a year's months, billed monthly) and its pay-in-advance charges' fees.
+                    fees_cents = base_fee.amount_cents + sum(
+                        line.amount_cents for line in closing_lines
                     )
+                    for span in _charges_periods(charges, arrears, phase.starts_at, phase_end):
+                        if span != closing:  # Billed on an earlier invoice: as it is now.
+                            fees_cents += sum(
+                                line.amount_cents
+                                for line in self._charge_lines(
+                                    subscription, definition, charges, span, watermark, common
+                                )
+                            )
+                        fees_cents += self._advance_cents(subscription, definition, span, watermark)
                     top_up = minimum_commitment_true_up_cents(
                         fees_cents,
                         commitment["amount_cents"],
@@ -1777,6 +1803,24 @@ def _schedule(subscription: Subscription, phase: Phase) -> BillingSchedule:
         interval=phase.plan.interval,
         timezone=subscription.timezone,
     )
+
+
+def _charges_periods(
+    charges: BillingSchedule, period: Period, phase_start: datetime, phase_end: datetime
+) -> list[Period]:
+    """The charges periods within a billing period (one, or a year's months), as billed:
+    within the phase."""
+    spans = []
+    index = charges.index_at(max(period.start_at, phase_start))
+    while True:
+        span = charges.period(index).clamp(
+            start_at=phase_start, end_at=min(phase_end, period.end_at)
+        )
+        if span is None or span.start_at >= period.end_at:
+            break
+        spans.append(span)
+        index += 1
+    return spans
 
 
 def _period_at(schedule: BillingSchedule, instant: datetime) -> Period:

@@ -104,3 +104,53 @@ def test_a_plan_paid_in_advance_gets_its_true_up_on_the_next_invoice(
         ("subscription", 10_000),
     ]
     assert ledger.invoicing.audit(tenant.organization_id, periodic.id).matches
+
+
+def test_a_yearly_plan_billed_monthly_is_trued_up_over_the_year(
+    ledger: Ledger, tenant: Tenant
+) -> None:
+    # §4.11: €1,200 a year in arrears, €1 per token billed monthly, committed to €2,000.
+    # Tokens: 100 in January, 200 in June, 50 in December → fees 1,200 + 350 = 1,550 → 450.00,
+    # on the invoice that closes the year (with December's charges and the base fee).
+    org = tenant.organization_id
+    january = datetime(2026, 1, 1, tzinfo=UTC)
+    at(ledger, january)
+    metric = ledger.billing.create_billable_metric(
+        org, "tokens", {"name": "Tokens", "aggregation_type": "sum_agg", "field_name": "tokens"}
+    )
+    ledger.billing.create_plan(
+        org,
+        "yearly",
+        {
+            "name": "Yearly",
+            "interval": "yearly",
+            "amount_cents": 120_000,
+            "amount_currency": "EUR",
+            "pay_in_advance": False,
+            "bill_charges_monthly": True,
+            "minimum_commitment": {"amount_cents": 200_000},
+            "charges": [
+                {
+                    "billable_metric_id": str(metric.id),
+                    "charge_model": "standard",
+                    "properties": {"amount": "1"},
+                }
+            ],
+        },
+    )
+    ledger.billing.create_subscription(
+        org, "sub_1", external_customer_id="acme", plan_code="yearly", subscription_at=january
+    )
+    for transaction_id, month, tokens in (("jan", 1, 100), ("jun", 6, 200), ("dec", 12, 50)):
+        when = datetime(2026, month, 10, tzinfo=UTC)
+        at(ledger, when)
+        event = EventInput(
+            transaction_id, "sub_1", "tokens", int(when.timestamp()), {"tokens": tokens}, None
+        )
+        ledger.metering.ingest(org, [event], batch=False)
+    invoices = bill(ledger, datetime(2027, 1, 1, tzinfo=UTC))
+    assert len(invoices) == 12  # One a month: charges monthly, the base fee with the last.
+    closing = invoices[-1]
+    assert lines(closing) == [("charge", 5_000), ("subscription", 120_000), ("commitment", 45_000)]
+    assert lines(invoices[0]) == [("charge", 10_000)]  # January's charges, billed then.
+    assert ledger.invoicing.audit(org, closing.id).matches
