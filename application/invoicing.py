@@ -169,8 +169,9 @@ class Invoicing:
 
         What does not change during a run is read once for it (ADR 0025): the usage watermark
         (ADR 0010), metric definitions, each organization and its taxes, and which customers
-        hold credit notes or wallets (read again when one is created). The resource index
-        catches up once, at the end (every index read catches up first anyway)."""
+        hold credit notes or wallets (read again when one is created). Customers are read,
+        and their usage totals, 500 at a time, ahead of their billing; invoices are saved 200
+        at a time with their numbers, and handed to the resource index as saved (ADR 0027)."""
         scope = _RunScope(watermark=self.usage.watermark())
         token = _RUN.set(scope)
         try:
