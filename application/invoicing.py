@@ -63,6 +63,7 @@ from domain.periods import (
 from domain.rating import MetricRule
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes
+from domain.usage import UsageEvent
 from domain.vat import supply_date_of
 from domain.wallet import Wallet
 
@@ -1333,6 +1334,65 @@ class Invoicing:
             note: CreditNote = aggregates[0]
             return note
         raise ConcurrencyConflictError("invoice", invoice_id)
+
+    # Lago's estimate_fees (§4.9).
+
+    def estimate_advance_fees(
+        self, organization_id: UUID, event: UsageEvent, now: datetime
+    ) -> Invoice:
+        """What the event would bill on its subscription's pay-in-advance charges if it were
+        ingested now: per charge on its metric, its fee against the live events of its charges
+        period (high-water marks, §4.9), taxed by the catalog's precedence (§9.1), never by the
+        EU VAT engine, whose decisions record checks. Returned as an invoice that is never
+        saved (its fees and totals are the estimate); nothing is stored."""
+        subscription: Subscription = self.billing.repository.get(
+            ids.subscription_id(organization_id, event.external_subscription_id)
+        )
+        customer: Customer = self.billing.repository.get(subscription.customer_id)
+        phase, phase_end = next(
+            (p, end) for p, end in _phases(subscription) if p.starts_at <= event.timestamp < end
+        )
+        definition = self._plan(phase).definition_shared(phase.plan.plan_version)
+        charges = _schedule(subscription, phase).charges_schedule(
+            bool(definition.get("bill_charges_monthly"))
+        )
+        period = charges.period(charges.index_at(event.timestamp)).clamp(end_at=phase_end)
+        assert period is not None, (event.timestamp, phase_end)
+        taxes = self._taxes(organization_id)
+        lines = []
+        for charge, rule in self._billed_in_advance(organization_id, definition):
+            if rule.code != event.code:
+                continue
+            stored = self.usage.events(
+                organization_id, subscription.external_id, rule.code, period.start_at, period.end_at
+            )
+            live = [s.event for s in sorted(stored, key=lambda s: (s.position, s.sequence))]
+            currency = definition["amount_currency"]
+            for fee in advance_fees(charge, rule, currency, period, live, live, [event]):
+                line = advance_fee_line(
+                    fee,
+                    charge,
+                    external_subscription_id=subscription.external_id,
+                    plan_id=str(phase.plan.plan_id),
+                    plan_version=phase.plan.plan_version,
+                    period=period,
+                    tax_codes=charge.get("tax_codes") or definition.get("tax_codes") or [],
+                )
+                lines.append(taxes.apply(customer, line))
+        return Invoice.draft(
+            ids.invoice_id(organization_id, "estimate", event.external_subscription_id),
+            organization_id=organization_id,
+            customer_id=customer.id,
+            external_customer_id=customer.external_id,
+            invoice_type="subscription",
+            currency=definition["amount_currency"],
+            issuing_date=local_date(now, customer.timezone or "UTC"),
+            net_payment_term=0,
+            billing_periods=[],
+            fees=lines,
+            watermark=0,
+            tax_rates={code: taxes.rates[code] for line in lines for code in line.tax_codes},
+        )
 
     # Invoice commands and queries.
 

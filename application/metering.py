@@ -116,6 +116,16 @@ class Metering:
             observer(organization_id, stored)
         return stored
 
+    def validate(self, organization_id: UUID, event: EventInput) -> StoredUsage:
+        """The event as ingest would record it, checked the same way (422 naming the field);
+        nothing is stored: Lago's estimate_fees."""
+        received_at = self.billing.now().astimezone(UTC)
+        self.aggregates.refresh(since_arrival=True)
+        try:
+            return _Context(self.aggregates, organization_id).record(event, received_at)
+        except InvalidValueError as error:
+            raise EventRejectedError(None, error.field, error.reason, str(error)) from None
+
     def void(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
     ) -> StoredUsage:

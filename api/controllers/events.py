@@ -1,9 +1,10 @@
 """Lago's events resource: usage ingestion, one event or a batch, and reading them back."""
 
+from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from anyio import to_thread
 from litestar import Controller, Request, get, post
@@ -11,6 +12,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery
 
 from api.auth import provide_organization_id
+from api.controllers.invoices import FeeObject, estimated_fee_objects, provide_invoicing
 from api.http import (
     Envelope,
     Input,
@@ -23,6 +25,7 @@ from api.http import (
     pagination,
     parse_instant,
 )
+from application.invoicing import Invoicing
 from application.metering import EventInput, Metering
 from application.usage_log import StoredUsage
 from domain import ids
@@ -77,6 +80,10 @@ class EventObject(Output):
 
 class EventResponse(Output):
     event: EventObject
+
+
+class FeesResponse(Output):
+    fees: list[FeeObject]
 
 
 class EventsResponse(Output):
@@ -134,7 +141,10 @@ def provide_metering(request: Request[Any, Any, Any]) -> Metering:
 class EventController(Controller):
     path = "/events"
     tags = ("Events",)
-    dependencies = {"metering": Provide(provide_metering, sync_to_thread=False)}  # noqa: RUF012
+    dependencies = {  # noqa: RUF012
+        "metering": Provide(provide_metering, sync_to_thread=False),
+        "invoicing": Provide(provide_invoicing, sync_to_thread=False),
+    }
 
     # The hot path: no dependency injection (Litestar resolves several dependencies in a task
     # group, which costs more than the rest of a small request) and one thread hop.
@@ -165,6 +175,26 @@ class EventController(Controller):
             return EventsResponse(events=[event_object(record) for record in stored])
 
         return await to_thread.run_sync(ingest)
+
+    @post("/estimate_fees", operation_id="estimateFees", status_code=200, sync_to_thread=True)
+    def estimate_fees(
+        self,
+        raw_body: NamedDependency[bytes],
+        metering: NamedDependency[Metering],
+        invoicing: NamedDependency[Invoicing],
+        organization_id: NamedDependency[UUID],
+    ) -> FeesResponse:
+        """The fees the event would bill on its subscription's pay-in-advance charges if sent
+        now (none for a charge in arrears); checked like an event, and nothing is stored. The
+        transaction_id may be left out. Taxes come from the catalog (not the EU VAT engine)."""
+        body = decode_body(raw_body, EventRequest, "event").event
+        event = _input(body)
+        if event.transaction_id is None:
+            event = replace(event, transaction_id=f"estimate-{uuid4()}")
+        usage = metering.validate(organization_id, event).event
+        now = invoicing.billing.now()
+        estimate = invoicing.estimate_advance_fees(organization_id, usage, now)
+        return FeesResponse(fees=estimated_fee_objects(estimate, invoicing.billing))
 
     @post(
         "/{transaction_id:str}/void", operation_id="voidEvent", status_code=200, sync_to_thread=True

@@ -102,11 +102,11 @@ class FeeAppliedTaxObject(Output):
 
 
 class FeeObject(Output):
-    lago_id: UUID
+    lago_id: UUID | None  # None: an estimate (POST /events/estimate_fees), never stored.
     lago_charge_id: str | None
     lago_charge_filter_id: str | None
     lago_fixed_charge_id: None
-    lago_invoice_id: UUID
+    lago_invoice_id: UUID | None
     lago_true_up_fee_id: None
     lago_true_up_parent_fee_id: None
     lago_original_fee_id: None
@@ -480,6 +480,18 @@ def _tax_name(lookup: _Lookup, code: str) -> str:
 def _tax_description(lookup: _Lookup, code: str) -> str | None:
     tax = lookup.tax(code)
     return tax.description if tax is not None else None
+
+
+def estimated_fee_objects(invoice: Invoice, billing: Billing) -> list[FeeObject]:
+    """The fees of an estimate (an invoice never saved), as Lago shows them: without ids."""
+    lookup = _Lookup(billing, invoice.organization_id)
+    lines = zip(invoice.fees, invoice.totals.taxes.lines, strict=True)
+    return [
+        msgspec.structs.replace(
+            _fee_object(invoice, fee, line_taxes, lookup), lago_id=None, lago_invoice_id=None
+        )
+        for fee, line_taxes in lines
+    ]
 
 
 def _fee_object(

@@ -1,5 +1,5 @@
-"""Through Lago's official client: a pay-in-advance charge billed per event by the server's
-billing worker, that invoice voided with a refund note, and past usage read back."""
+"""Through Lago's official client: a pay-in-advance charge estimated, then billed per event by
+the server's billing worker, that invoice voided with a refund note, and past usage read back."""
 
 import time
 from typing import Any
@@ -56,6 +56,22 @@ def test_a_seat_paid_in_advance_is_invoiced_then_voided_with_a_refund(lago: Clie
     lago.customers.create(Customer(external_id="acme", name="Acme", currency="EUR"))
     lago.subscriptions.create(
         Subscription(external_customer_id="acme", plan_code="seats", external_id="sub_acme")
+    )
+    # What the seat would bill if sent now; nothing is stored.
+    estimate: Any = lago.events.estimate_fees(
+        Event(
+            transaction_id="seat_estimate",
+            external_subscription_id="sub_acme",
+            code="seats",
+            timestamp=int(time.time()),
+            properties={},
+        )
+    )
+    [estimated] = estimate["fees"]
+    assert (estimated.lago_id, estimated.amount_cents, estimated.pay_in_advance) == (
+        None,
+        1250,
+        True,
     )
     lago.events.create(
         Event(
