@@ -31,7 +31,13 @@ from application.errors import ConcurrencyConflictError, NotFoundError
 from application.rating import Prefetched, Rating, from_events
 from application.usage_log import Span, UsageLog
 from application.vat import TaxEngine
-from application.wallets import apply_wallets, recredit_wallets, settle_top_up
+from application.wallets import (
+    apply_wallets,
+    credit_fee_line,
+    credit_invoice_transaction,
+    recredit_wallets,
+    settle_top_up,
+)
 from domain import ids
 from domain.charges import charge_minimum_true_up_cents, minimum_commitment_true_up_cents
 from domain.credit_note import CreditNote, CreditNoteAmounts
@@ -1626,29 +1632,11 @@ class Invoicing:
 
     def _audit(self, organization_id: UUID, invoice_id: UUID) -> AuditReport:
         invoice = self.invoice(organization_id, invoice_id)
-        customer: Customer = self.billing.repository.get(invoice.customer_id)
         stored = invoice.fees
-        boundary = _invoice_boundary(invoice)
-        draft = _Draft(customer, invoice.currency, boundary)
-        recorded = {p["external_subscription_id"]: p for p in invoice.billing_periods}
-        for external_id in sorted(recorded):
-            subscription: Subscription = self.billing.repository.get(
-                ids.subscription_id(organization_id, external_id)
-            )
-            if "advance_since" in recorded[external_id]:  # A pay-in-advance bill (§4.9).
-                since = int(recorded[external_id]["advance_since"])
-                self._bill_advance_lines(draft, subscription, since, invoice.watermark, boundary)
-                continue
-            draft.legacy_late_usage = "late_usage_since" not in recorded[external_id]
-            if not draft.legacy_late_usage:  # The baseline it recorded.
-                previous_watermark = recorded[external_id]["late_usage_since"]
-            else:
-                previous_watermark = self._previous_watermark(invoice, subscription)
-            previous = {} if previous_watermark is None else {external_id: previous_watermark}
-            self._bill_boundary(draft, subscription, boundary, invoice.watermark, previous)
         stored_codes = {fee.key: fee.tax_codes for fee in stored}
         recomputed = [
-            replace(fee, tax_codes=stored_codes.get(fee.key, fee.tax_codes)) for fee in draft.fees
+            replace(fee, tax_codes=stored_codes.get(fee.key, fee.tax_codes))
+            for fee in self._recomputed_fees(invoice)
         ]
         by_key = {fee.key: fee for fee in stored}
         again = {fee.key: fee for fee in recomputed}
@@ -1680,6 +1668,40 @@ class Invoicing:
                 for p in invoice.billing_periods
             ],
         )
+
+    def _recomputed_fees(self, invoice: Invoice) -> list[FeeLine]:
+        """The invoice's lines computed again from their inputs: a wallet top-up's from its
+        purchase (§6.2), any other from the plan versions and the usage log it recorded."""
+        top_up = credit_invoice_transaction(invoice)
+        if top_up is not None:
+            wallet: Wallet = self.billing.repository.get(top_up[0])
+            purchase = wallet.transactions[top_up[1]]
+            return [
+                credit_fee_line(
+                    wallet, top_up[1], purchase.amount_cents, purchase.name, purchase.created_at
+                )
+            ]
+        organization_id = invoice.organization_id
+        customer: Customer = self.billing.repository.get(invoice.customer_id)
+        boundary = _invoice_boundary(invoice)
+        draft = _Draft(customer, invoice.currency, boundary)
+        recorded = {p["external_subscription_id"]: p for p in invoice.billing_periods}
+        for external_id in sorted(recorded):
+            subscription: Subscription = self.billing.repository.get(
+                ids.subscription_id(organization_id, external_id)
+            )
+            if "advance_since" in recorded[external_id]:  # A pay-in-advance bill (§4.9).
+                since = int(recorded[external_id]["advance_since"])
+                self._bill_advance_lines(draft, subscription, since, invoice.watermark, boundary)
+                continue
+            draft.legacy_late_usage = "late_usage_since" not in recorded[external_id]
+            if not draft.legacy_late_usage:  # The baseline it recorded.
+                previous_watermark = recorded[external_id]["late_usage_since"]
+            else:
+                previous_watermark = self._previous_watermark(invoice, subscription)
+            previous = {} if previous_watermark is None else {external_id: previous_watermark}
+            self._bill_boundary(draft, subscription, boundary, invoice.watermark, previous)
+        return draft.fees
 
     def _previous_watermark(self, invoice: Invoice, subscription: Subscription) -> int | None:
         """The watermark of this subscription's invoice before this one (late-usage baseline),

@@ -395,3 +395,15 @@ def test_after_an_ingest_commit_a_threshold_top_up_is_made_within_a_second(
     print(f"wallet_freshness delay_ms={delay_s * 1000:.1f}")
     assert [(t.kind, t.amount_cents) for t in made] == [("purchased", 1000)]
     assert delay_s < 1.0
+
+
+def test_a_top_up_invoice_is_audited_from_its_purchase(ledger: Ledger, org: UUID) -> None:
+    # An audit range holds top-up invoices too (§6.2): their one fee is recomputed from the
+    # wallet's purchase (it once failed on an invoice without billing periods).
+    at(ledger, MARCH_2)
+    wallet = create_wallet(ledger, org, "main")
+    ledger.wallets.top_up(org, wallet.id, TopUpValues(paid_credits=Decimal(5)))
+    invoices, _ = ledger.invoicing.invoices(org, 1, 100)
+    [invoice] = [i for i in invoices if i.invoice_type == "credit"]
+    report = ledger.invoicing.audit(org, invoice.id)
+    assert (report.matches, [fee.amount_cents for fee in report.recomputed]) == (True, [500])
