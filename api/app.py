@@ -9,6 +9,7 @@ from adapters.settings import Settings, settings_from_env
 from adapters.stores import Ledger, open_ledger
 from api.admission import AdmissionMiddleware, admission_from_env
 from api.auth import provide_billing, provide_organization_id, provide_raw_body
+from api.controllers.add_ons import AddOnController
 from api.controllers.audit_logs import audit_logs
 from api.controllers.billable_metrics import BillableMetricController
 from api.controllers.credit_notes import CreditNoteController
@@ -66,6 +67,7 @@ def create_app(
             export_customer,
             audit_logs,
             TaxController,
+            AddOnController,
             BillableMetricController,
             PlanController,
             plan_version,

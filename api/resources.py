@@ -24,12 +24,13 @@ def crud_controller(
     request: type[Envelope],
     response: type[Output],
     list_response: type[Output],
-    to_object: Callable[[Any], Output],
+    to_object: Callable[[Any], Output] | None = None,
     find: Find,
     find_all: Callable[[Billing, UUID, int, int], tuple[list[Any], int]],
     create: Callable[[Billing, UUID, Any], Any] | None = None,
     update: Callable[[Billing, UUID, str, Any], Any] | None = None,
     destroy: Find | None = None,
+    to_object_reading: Callable[[Any, Billing], Output] | None = None,
 ) -> type[Controller]:
     """A controller for POST, PUT, GET, GET list and DELETE of one resource, Lago style.
 
@@ -39,8 +40,15 @@ def crud_controller(
     handlers: dict[str, Any] = {"path": path, "tags": (name,)}
     item = "/{key:str}"  # The resource's code or external_id, as Lago's paths take it.
 
-    def wrap(aggregate: Any) -> Output:
-        return response(**{root: to_object(aggregate)})
+    def show(aggregate: Any, billing: Billing) -> Output:
+        """The resource's object; to_object_reading when showing it reads more (its taxes)."""
+        if to_object_reading is not None:
+            return to_object_reading(aggregate, billing)
+        assert to_object is not None, name
+        return to_object(aggregate)
+
+    def wrap(aggregate: Any, billing: Billing) -> Output:
+        return response(**{root: show(aggregate, billing)})
 
     if create is not None:
 
@@ -52,7 +60,7 @@ def crud_controller(
             organization_id: NamedDependency[UUID],
         ) -> response:  # type: ignore[valid-type]
             body = getattr(decode_body(raw_body, request, root), root)
-            return wrap(create(billing, organization_id, body))
+            return wrap(create(billing, organization_id, body), billing)
 
         handlers["create"] = create_handler
 
@@ -67,7 +75,7 @@ def crud_controller(
             organization_id: NamedDependency[UUID],
         ) -> response:  # type: ignore[valid-type]
             body = getattr(decode_body(raw_body, request, root), root)
-            return wrap(update(billing, organization_id, key, body))
+            return wrap(update(billing, organization_id, key, body), billing)
 
         handlers["update"] = update_handler
 
@@ -78,7 +86,7 @@ def crud_controller(
         billing: NamedDependency[Billing],
         organization_id: NamedDependency[UUID],
     ) -> response:  # type: ignore[valid-type]
-        return wrap(find(billing, organization_id, key))
+        return wrap(find(billing, organization_id, key), billing)
 
     handlers["find"] = find_handler
 
@@ -93,7 +101,10 @@ def crud_controller(
         page, per_page = pagination(page, per_page)
         aggregates, total = find_all(billing, organization_id, page, per_page)
         return list_response(
-            **{plural_root: [to_object(a) for a in aggregates], "meta": meta(page, per_page, total)}
+            **{
+                plural_root: [show(a, billing) for a in aggregates],
+                "meta": meta(page, per_page, total),
+            }
         )
 
     handlers["find_all"] = find_all_handler
@@ -107,7 +118,7 @@ def crud_controller(
             billing: NamedDependency[Billing],
             organization_id: NamedDependency[UUID],
         ) -> response:  # type: ignore[valid-type]
-            return wrap(destroy(billing, organization_id, key))
+            return wrap(destroy(billing, organization_id, key), billing)
 
         handlers["destroy"] = destroy_handler
 

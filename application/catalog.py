@@ -1,4 +1,4 @@
-"""What an integrator configures before usage arrives: taxes and billable metrics."""
+"""What an integrator configures before usage arrives: taxes, add-ons and billable metrics."""
 
 from collections.abc import Mapping
 from typing import Any
@@ -7,6 +7,7 @@ from uuid import UUID
 from application.base import BillingBase
 from application.errors import NotFoundError
 from domain import ids
+from domain.add_on import AddOn
 from domain.billable_metric import BillableMetric
 from domain.tax import Tax
 
@@ -43,6 +44,46 @@ class CatalogCommands(BillingBase):
             return tax
 
         return self._command("tax", code, decide)
+
+    # Add-ons.
+
+    def create_add_on(self, organization_id: UUID, code: str, values: Mapping[str, Any]) -> AddOn:
+        self._check_add_on_taxes(organization_id, values)
+        return self._create_new(AddOn.create(organization_id, code, values), "code", code)
+
+    def update_add_on(self, organization_id: UUID, code: str, values: Mapping[str, Any]) -> AddOn:
+        self._check_add_on_taxes(organization_id, values)
+
+        def decide() -> AddOn:
+            add_on = self.add_on(organization_id, code)
+            add_on.update(values)
+            return add_on
+
+        return self._command("add_on", code, decide)
+
+    def add_on(self, organization_id: UUID, code: str) -> AddOn:
+        missing = NotFoundError("add_on", code)
+        add_on = self._get(AddOn, ids.add_on_id(organization_id, code), organization_id, missing)
+        if add_on.deleted:
+            raise missing
+        return add_on
+
+    def add_ons(self, organization_id: UUID, page: int, per_page: int) -> tuple[list[AddOn], int]:
+        return self._page(AddOn, "add_on", organization_id, page, per_page, ["active"])
+
+    def delete_add_on(self, organization_id: UUID, code: str) -> AddOn:
+        def decide() -> AddOn:
+            add_on = self.add_on(organization_id, code)
+            add_on.delete()
+            return add_on
+
+        return self._command("add_on", code, decide)
+
+    def _check_add_on_taxes(self, organization_id: UUID, values: Mapping[str, Any]) -> None:
+        codes = values.get("tax_codes")
+        for code in codes if isinstance(codes, list) else []:
+            if isinstance(code, str):
+                self.tax(organization_id, code)  # 404 naming the tax when it does not exist.
 
     # Billable metrics.
 

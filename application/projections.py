@@ -18,6 +18,7 @@ from eventsourcing.projection import Projection
 from eventsourcing.utils import get_topic
 
 from application.ports import IndexEntry, IndexStatus
+from domain.add_on import AddOn
 from domain.billable_metric import BillableMetric
 from domain.credit_note import CreditNote
 from domain.customer import Customer
@@ -124,6 +125,7 @@ class MemoryIndexView(POPOTrackingRecorder, IndexView):
 INDEXED: dict[type[Any], tuple[str, str, str | None, str]] = {
     Customer.Created: ("customer", "external_id", None, "active"),
     Tax.Created: ("tax", "code", None, "active"),
+    AddOn.Created: ("add_on", "code", None, "active"),
     BillableMetric.Created: ("billable_metric", "code", None, "active"),
     # Plan.OverrideCreated is left out: a subscription's copy is not in the catalog.
     Plan.Created: ("plan", "code", None, "active"),
@@ -138,6 +140,7 @@ STATUSES: dict[type[Any], str] = {
     Customer.Deleted: "deleted",
     Customer.Recreated: "active",
     Tax.Deleted: "deleted",
+    AddOn.Deleted: "deleted",
     BillableMetric.Deleted: "deleted",
     Invoice.Finalized: "finalized",
     Invoice.Voided: "voided",

@@ -55,6 +55,10 @@ def tax_id(organization_id: UUID, code: str) -> UUID:
     return _id("tax", organization_id, code)
 
 
+def add_on_id(organization_id: UUID, code: str) -> UUID:
+    return _id("add_on", organization_id, code)
+
+
 @lru_cache(maxsize=65_536)  # Every usage event names one: ingest and its response ask often.
 def subscription_id(organization_id: UUID, external_id: str) -> UUID:
     return _id("subscription", organization_id, external_id)
