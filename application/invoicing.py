@@ -12,14 +12,14 @@ Its id derives from (customer, currency, boundary): running twice, or concurrent
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar, copy_context
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.persistence import IntegrityError
@@ -47,6 +47,7 @@ from domain.invoice import Invoice, NumberSequence, document_prefix, invoice_num
 from domain.invoicing import (
     ADVANCE_AGGREGATION_TYPES,
     FeeLine,
+    add_on_fee_line,
     advance_fee_line,
     advance_fees,
     charge_fee_line,
@@ -55,7 +56,7 @@ from domain.invoicing import (
     true_up_line,
 )
 from domain.limits import COMMAND_RETRIES_MAX
-from domain.money import CURRENCY_EXPONENTS, prorate_cents
+from domain.money import CURRENCY_EXPONENTS, EXACT, check_currency, prorate_cents
 from domain.organization import Organization
 from domain.payment import Collection, Payment
 from domain.periods import (
@@ -68,7 +69,7 @@ from domain.periods import (
 )
 from domain.rating import MetricRule
 from domain.subscription import Phase, Subscription
-from domain.taxes import applicable_tax_codes
+from domain.taxes import applicable_tax_codes, most_specific_tax_codes
 from domain.usage import UsageEvent
 from domain.vat import supply_date_of
 from domain.wallet import Wallet
@@ -101,6 +102,19 @@ class _Draft:
     # Auditing a period recorded before ADR 0020, when late usage of pay-in-advance charges
     # was adjusted like any other charge's.
     legacy_late_usage: bool = False
+
+
+@dataclass(frozen=True)
+class OneOffFee:
+    """One line of a one-off invoice as the API gives it (create_one_off checks it)."""
+
+    add_on_code: str | None
+    units: Decimal | int | None = None
+    unit_amount_cents: Decimal | int | None = None
+    invoice_display_name: str | None = None
+    from_datetime: datetime | None = None
+    to_datetime: datetime | None = None
+    tax_codes: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -1341,6 +1355,86 @@ class Invoicing:
             return note
         raise ConcurrencyConflictError("invoice", invoice_id)
 
+    # One-off invoices: add-ons billed once (Lago's POST /invoices).
+
+    def create_one_off(
+        self,
+        organization_id: UUID,
+        external_customer_id: str | None,
+        currency: str | None,
+        fees: Sequence[OneOffFee],
+        now: datetime,
+    ) -> Invoice:
+        """An invoice of type one_off for add-ons, finalized and numbered at once. Each line:
+        units (1 by default) × unit_amount_cents (the add-on's amount by default), rounded once
+        half-up; taxes by precedence: the line's tax_codes, the add-on's, the customer's, the
+        organization's (§9.1). Credit notes and wallets pay it as any invoice (§6.3)."""
+        if not external_customer_id:
+            raise InvalidValueError("external_customer_id", "value_is_mandatory", None)
+        customer = self.billing.customer(organization_id, external_customer_id)
+        if not fees:
+            raise InvalidValueError("fees", "value_is_mandatory", None)
+        taxes = self._taxes(organization_id)
+        add_ons = [self.billing.add_on(organization_id, fee.add_on_code or "") for fee in fees]
+        currency = currency or customer.currency or add_ons[0].amount_currency
+        check_currency(currency)
+        if customer.currency not in (None, currency):
+            raise InvalidValueError("currency", "currencies_does_not_match", currency)
+        lines = []
+        for index, (fee, add_on) in enumerate(zip(fees, add_ons, strict=True)):
+            if fee.unit_amount_cents is None and add_on.amount_currency != currency:
+                raise InvalidValueError("currency", "currencies_does_not_match", currency)
+            for code in fee.tax_codes or ():
+                self.billing.tax(organization_id, code)  # 404 naming an unknown tax.
+            codes = most_specific_tax_codes(
+                fee.tax_codes or (),
+                add_on.tax_codes,
+                customer.fields.get("tax_codes") or (),
+                taxes.defaults,
+            )
+            lines.append(
+                add_on_fee_line(
+                    key=f"add_on:{index}:{add_on.code}",
+                    add_on_id=str(add_on.id),
+                    add_on_code=add_on.code,
+                    units=_quantity(fee.units, "units", Decimal(1)),
+                    unit_amount_cents=_quantity(
+                        fee.unit_amount_cents, "unit_amount_cents", Decimal(add_on.amount_cents)
+                    ),
+                    name=fee.invoice_display_name or add_on.invoice_display_name or add_on.name,
+                    from_at=fee.from_datetime or now,
+                    to_at=fee.to_datetime or now,
+                    tax_codes=tuple(code for code in codes if code in taxes.rates),
+                    currency_exponent=CURRENCY_EXPONENTS[currency],
+                )
+            )
+        invoice_id = uuid4()
+        timezone = customer.timezone or "UTC"
+        for _ in range(COMMAND_RETRIES_MAX):
+            invoice = Invoice.draft(
+                invoice_id,
+                organization_id=organization_id,
+                customer_id=customer.id,
+                external_customer_id=customer.external_id,
+                invoice_type="one_off",
+                currency=currency,
+                issuing_date=local_date(now, timezone),
+                net_payment_term=int(customer.fields.get("net_payment_term") or 0),
+                billing_periods=[],
+                fees=lines,
+                watermark=0,
+                tax_rates={code: taxes.rates[code] for line in lines for code in line.tax_codes},
+            )
+            credits = self._apply_customer_credit(invoice)
+            sequence = self._finalize(invoice, now, timezone, True)
+            try:
+                self.billing.save(invoice, sequence, *credits)
+            except IntegrityError:
+                continue  # Another invoice took the number: decide again.
+            self.billing.catch_up()
+            return invoice
+        raise ConcurrencyConflictError("invoice", invoice_id)
+
     # Lago's estimate_fees (§4.9).
 
     def estimate_advance_fees(
@@ -1672,6 +1766,23 @@ class Invoicing:
     def _recomputed_fees(self, invoice: Invoice) -> list[FeeLine]:
         """The invoice's lines computed again from their inputs: a wallet top-up's from its
         purchase (§6.2), any other from the plan versions and the usage log it recorded."""
+        if invoice.invoice_type == "one_off":  # Each line from the units and price it recorded.
+            exponent = CURRENCY_EXPONENTS[invoice.currency]
+            return [
+                add_on_fee_line(
+                    key=fee.key,
+                    add_on_id=fee.charge_id or "",
+                    add_on_code=fee.charge_code or "",
+                    units=fee.units,
+                    unit_amount_cents=fee.unit_amount.scaleb(exponent, EXACT),
+                    name=fee.invoice_display_name or "",
+                    from_at=fee.from_at,
+                    to_at=fee.to_at,
+                    tax_codes=fee.tax_codes,
+                    currency_exponent=exponent,
+                )
+                for fee in invoice.fees
+            ]
         top_up = credit_invoice_transaction(invoice)
         if top_up is not None:
             wallet: Wallet = self.billing.repository.get(top_up[0])
@@ -2065,3 +2176,18 @@ def _lifecycle_split(
     if mode == "offset":
         offset = min(total_cents - refund, invoice.offsettable_amount_cents)
     return total_cents - refund - offset, refund, offset
+
+
+def _quantity(value: Decimal | int | None, field: str, default: Decimal) -> Decimal:
+    """A one-off line's units or unit price: a non-negative exact number, the default if absent."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, Decimal)):
+        raise InvalidValueError(field, "value_is_invalid", value)
+    quantity = Decimal(value)
+    if not quantity.is_finite() or quantity < 0:
+        raise InvalidValueError(field, "value_is_invalid", value)
+    # Plain, without trailing zeros: the client sends 3 units as 3.0.
+    if quantity == quantity.to_integral_value():
+        return Decimal(int(quantity))
+    return Decimal(format(quantity.normalize(), "f"))

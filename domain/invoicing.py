@@ -8,7 +8,14 @@ from decimal import Decimal
 from typing import Any
 
 from domain.charges import charge_amount
-from domain.money import CURRENCY_EXPONENTS, EXACT, ROUNDING, display_quotient, prorate_cents
+from domain.money import (
+    CURRENCY_EXPONENTS,
+    EXACT,
+    ROUNDING,
+    display_quotient,
+    prorate_cents,
+    round_half_up,
+)
 from domain.periods import BillingSchedule, Period, base_fee_period, local_days
 from domain.rating import (
     EVENT_VALUE_MODELS,
@@ -21,7 +28,7 @@ from domain.rating import (
 from domain.taxes import InvoiceTaxes, invoice_taxes
 from domain.usage import UsageEvent, aggregate
 
-FEE_TYPES = ("subscription", "charge", "commitment", "adjustment")
+FEE_TYPES = ("subscription", "charge", "commitment", "adjustment", "add_on")
 # Pay-in-advance charges: aggregations billed per event (§4.9).
 ADVANCE_AGGREGATION_TYPES = ("count_agg", "sum_agg", "unique_count_agg")
 
@@ -224,6 +231,41 @@ def charge_fee_line(
         grouped_by=fee.grouped_by,
         tax_codes=tuple(tax_codes),
         adjusted_invoice_id=adjusted_invoice_id,
+    )
+
+
+def add_on_fee_line(
+    *,
+    key: str,
+    add_on_id: str,
+    add_on_code: str,
+    units: Decimal,
+    unit_amount_cents: Decimal,
+    name: str,
+    from_at: datetime,
+    to_at: datetime,
+    tax_codes: Sequence[str],
+    currency_exponent: int,
+) -> FeeLine:
+    """A one-off invoice's line for an add-on: units × unit price, rounded once half-up."""
+    precise = EXACT.multiply(units, unit_amount_cents)
+    return FeeLine(
+        key=key,
+        fee_type="add_on",
+        external_subscription_id="",
+        plan_id="",
+        plan_version=0,
+        from_at=from_at,
+        to_at=to_at,
+        units=units,
+        events_count=0,
+        unit_amount=unit_amount_cents.scaleb(-currency_exponent, EXACT),
+        precise_amount_cents=precise,
+        amount_cents=round_half_up(precise),
+        invoice_display_name=name,
+        charge_id=add_on_id,
+        charge_code=add_on_code,
+        tax_codes=tuple(tax_codes),
     )
 
 

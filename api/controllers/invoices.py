@@ -31,18 +31,20 @@ from api.http import (
     iso,
     meta,
     pagination,
+    parse_instant,
 )
 from api.pdf import invoice_pdf
 from api.problems import BadQueryError, RequestBodyError
 from application.billing import Billing
 from application.errors import NotFoundError
-from application.invoicing import AuditReport, Invoicing, content_hash
+from application.invoicing import AuditReport, Invoicing, OneOffFee, content_hash
 from application.payments import invoice_payments_of
 from domain import ids
 from domain.customer import Customer
+from domain.errors import InvalidValueError
 from domain.invoice import PAYMENT_STATUSES, Invoice, document_prefix
 from domain.invoicing import FeeLine
-from domain.money import CURRENCY_EXPONENTS, EXACT
+from domain.money import CURRENCY_EXPONENTS, EXACT, to_decimal
 from domain.organization import Organization
 from domain.payment import InvoicePaymentState
 from domain.plan import Plan
@@ -99,6 +101,45 @@ class FeeAppliedTaxObject(Output):
     amount_cents: int
     amount_currency: str
     created_at: str
+
+
+class OneOffFeeInput(Input):
+    add_on_code: str | None = None
+    # Any: a JSON integer stays an int, a fraction a Decimal from its text (never a float).
+    units: Any = None
+    unit_amount_cents: Any = None
+    description: str | None = None
+    invoice_display_name: str | None = None
+    from_datetime: str | None = None
+    to_datetime: str | None = None
+    tax_codes: list[str] | None = None
+
+
+class OneOffInvoiceInput(Input):
+    external_customer_id: str | None = None
+    currency: str | None = None
+    fees: list[OneOffFeeInput] | None = None
+    # Accepted as Lago's client sends them; not used.
+    error_details: Any = None
+    billing_entity_code: str | None = None
+    payment_method: Any = None
+    invoice_custom_section: Any = None
+    purchase_order_number: str | None = None
+
+
+class OneOffInvoiceRequest(Envelope):
+    invoice: OneOffInvoiceInput
+
+
+def _exact(value: Any, field: str) -> Decimal | int | None:
+    """A JSON number or a numeric string as an exact number; None when absent."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, str):
+        return to_decimal(value, field)
+    raise InvalidValueError(field, "value_is_invalid", value)
 
 
 class FeeObject(Output):
@@ -583,6 +624,20 @@ def _item(
             grouped_by={},
         )
         return item, None, False
+    if fee.fee_type == "add_on":  # A one-off invoice's line: the add-on it bills.
+        name = fee.invoice_display_name or fee.charge_code or "add_on"
+        item = InvoiceItemObject(
+            type="add_on",
+            code=fee.charge_code or "",
+            name=name,
+            invoice_display_name=name,
+            filter_invoice_display_name=None,
+            filters=None,
+            lago_item_id=fee.charge_id,
+            item_type="AddOn",
+            grouped_by={},
+        )
+        return item, None, False
     plan = lookup.plan(fee.plan_id)
     definition = plan.definition(fee.plan_version)
     if fee.fee_type == "subscription":
@@ -843,6 +898,34 @@ class InvoiceController(Controller):
         """Recompute a draft with the usage received since; other invoices are unchanged."""
         now = invoicing.billing.now()
         invoice = invoicing.refresh(organization_id, invoice_id_from(lago_id), now)
+        return _response(request, invoicing, organization_id, invoice)
+
+    @post(operation_id="createInvoice", status_code=200, sync_to_thread=True)
+    def create(
+        self,
+        request: Request[Any, Any, Any],
+        raw_body: NamedDependency[bytes],
+        invoicing: NamedDependency[Invoicing],
+        organization_id: NamedDependency[UUID],
+    ) -> InvoiceResponse:
+        """A one-off invoice for add-ons, finalized and numbered at once."""
+        body = decode_body(raw_body, OneOffInvoiceRequest, "invoice").invoice
+        fees = [
+            OneOffFee(
+                add_on_code=fee.add_on_code,
+                units=_exact(fee.units, f"fees[{index}].units"),
+                unit_amount_cents=_exact(fee.unit_amount_cents, f"fees[{index}].unit_amount_cents"),
+                invoice_display_name=fee.invoice_display_name,
+                from_datetime=parse_instant(fee.from_datetime, f"fees[{index}].from_datetime"),
+                to_datetime=parse_instant(fee.to_datetime, f"fees[{index}].to_datetime"),
+                tax_codes=None if fee.tax_codes is None else tuple(fee.tax_codes),
+            )
+            for index, fee in enumerate(body.fees or [])
+        ]
+        now = invoicing.billing.now()
+        invoice = invoicing.create_one_off(
+            organization_id, body.external_customer_id, body.currency, fees, now
+        )
         return _response(request, invoicing, organization_id, invoice)
 
     @put("/{lago_id:str}/finalize", operation_id="finalizeInvoice", sync_to_thread=True)
