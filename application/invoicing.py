@@ -70,7 +70,7 @@ from domain.periods import (
 from domain.rating import MetricRule
 from domain.subscription import Phase, Subscription
 from domain.taxes import applicable_tax_codes, most_specific_tax_codes
-from domain.usage import UsageEvent
+from domain.usage import UsageEvent, plain_decimal
 from domain.vat import supply_date_of
 from domain.wallet import Wallet
 
@@ -265,11 +265,11 @@ class Invoicing:
             if boundary is None:
                 continue
             plan = subscription.phase_at(boundary - timedelta(microseconds=1)).plan
-            invoice_id = ids.invoice_id(
+            invoice_id = _boundary_invoice_id(
                 subscription.organization_id,
-                str(subscription.customer_id),
+                subscription.customer_id,
                 plan.amount_currency,
-                boundary.isoformat(),
+                boundary,
             )
             if invoice_id in self._indexed_invoices(subscription.organization_id):
                 continue
@@ -356,10 +356,13 @@ class Invoicing:
     def _invoice_id(self, organization_id: UUID, draft: "_Draft") -> UUID:
         if draft.invoice_key is not None:
             return ids.invoice_id(organization_id, *draft.invoice_key)
-        key = [str(draft.customer.id), draft.currency, draft.boundary.isoformat()]
-        if draft.own_subscription is not None:
-            key.append(draft.own_subscription)
-        return ids.invoice_id(organization_id, *key)
+        return _boundary_invoice_id(
+            organization_id,
+            draft.customer.id,
+            draft.currency,
+            draft.boundary,
+            draft.own_subscription,
+        )
 
     def _issued(self, organization_id: UUID, draft: "_Draft") -> Invoice | None:
         """The boundary's invoice if it is no longer a draft (a draft is recomputed)."""
@@ -655,19 +658,14 @@ class Invoicing:
     ) -> Invoice | None:
         """The invoice that billed a base fee in advance: the customer's invoice of the period
         start, or the subscription's own one (backdated after the consolidated one was final)."""
-        self._flush()  # Reads invoices: those the run decided must be stored.
-        phase = subscription.phase_at(billed_at)
-        key = [str(subscription.customer_id), phase.plan.amount_currency, billed_at.isoformat()]
-        for parts in (key, [*key, subscription.external_id]):
-            try:
-                invoice: Invoice = self.billing.repository.get(
-                    ids.invoice_id(subscription.organization_id, *parts)
-                )
-            except AggregateNotFoundError:
-                continue
-            if any(fee["key"] == fee_key for fee in invoice.fee_events):
-                return invoice
-        return None
+        return self._invoice_with_fee(
+            subscription.organization_id,
+            subscription.customer_id,
+            subscription.external_id,
+            subscription.phase_at(billed_at).plan.amount_currency,
+            billed_at,
+            fee_key,
+        )
 
     # Pay-in-advance charges (§4.9): each event's fee, on a bill of its own.
 
@@ -1221,12 +1219,10 @@ class Invoicing:
         """The invoice that billed a charges period's line: the customer's invoice at the
         period's end, or the subscription's own one (backdated)."""
         self._flush()  # Reads invoices: those the run decided must be stored.
-        key = [str(customer_id), currency, boundary.isoformat()]
-        for parts in (key, [*key, external_subscription_id]):
+        for own in (None, external_subscription_id):
+            invoice_id = _boundary_invoice_id(organization_id, customer_id, currency, boundary, own)
             try:
-                invoice: Invoice = self.billing.repository.get(
-                    ids.invoice_id(organization_id, *parts)
-                )
+                invoice: Invoice = self.billing.repository.get(invoice_id)
             except AggregateNotFoundError:
                 continue
             if any(fee["key"] == fee_key for fee in invoice.fee_events):
@@ -1729,7 +1725,7 @@ class Invoicing:
         stored = invoice.fees
         stored_codes = {fee.key: fee.tax_codes for fee in stored}
         recomputed = [
-            replace(fee, tax_codes=stored_codes.get(fee.key, fee.tax_codes))
+            fee.with_tax_codes(stored_codes.get(fee.key, fee.tax_codes))
             for fee in self._recomputed_fees(invoice)
         ]
         by_key = {fee.key: fee for fee in stored}
@@ -1821,12 +1817,16 @@ class Invoicing:
         boundary = _invoice_boundary(invoice)
         earlier = {b for b in _boundaries(subscription, boundary, self._plan) if b < boundary}
         for previous_boundary in sorted(earlier, reverse=True):
-            key = [str(invoice.customer_id), invoice.currency, previous_boundary.isoformat()]
-            for parts in (key, [*key, subscription.external_id]):
+            for own in (None, subscription.external_id):
+                previous_id = _boundary_invoice_id(
+                    invoice.organization_id,
+                    invoice.customer_id,
+                    invoice.currency,
+                    previous_boundary,
+                    own,
+                )
                 try:
-                    previous: Invoice = self.billing.repository.get(
-                        ids.invoice_id(invoice.organization_id, *parts)
-                    )
+                    previous: Invoice = self.billing.repository.get(previous_id)
                 except AggregateNotFoundError:
                     continue
                 if subscription.external_id in _billed(previous):
@@ -1976,6 +1976,21 @@ def content_hash(invoice: Invoice) -> str:
     }
     encoded = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(encoded.encode()).hexdigest()
+
+
+def _boundary_invoice_id(
+    organization_id: UUID,
+    customer_id: UUID,
+    currency: str,
+    boundary: datetime,
+    own_subscription: str | None = None,
+) -> UUID:
+    """The customer's invoice of a boundary in a currency, or a subscription's own one
+    (backdated after the consolidated one was final)."""
+    key = [str(customer_id), currency, boundary.isoformat()]
+    if own_subscription is not None:
+        key.append(own_subscription)
+    return ids.invoice_id(organization_id, *key)
 
 
 def _phases(subscription: Subscription) -> Iterable[tuple[Phase, datetime]]:
@@ -2187,7 +2202,4 @@ def _quantity(value: Decimal | int | None, field: str, default: Decimal) -> Deci
     quantity = Decimal(value)
     if not quantity.is_finite() or quantity < 0:
         raise InvalidValueError(field, "value_is_invalid", value)
-    # Plain, without trailing zeros: the client sends 3 units as 3.0.
-    if quantity == quantity.to_integral_value():
-        return Decimal(int(quantity))
-    return Decimal(format(quantity.normalize(), "f"))
+    return plain_decimal(quantity)  # The client sends 3 units as 3.0.

@@ -622,10 +622,10 @@ def _fraction_to_decimal(value: Fraction) -> Decimal:
     if value.denominator == 1:  # Whole units (token counts): what the rounding below gives.
         return Decimal(value.numerator)
     whole = round_fraction(value, "round", UNITS_PLACES)
-    return _plain_decimal(whole)
+    return plain_decimal(whole)
 
 
-def _plain_decimal(value: Decimal) -> Decimal:
+def plain_decimal(value: Decimal) -> Decimal:
     """value without trailing fractional zeros, in plain notation (2.10 → 2.1, 1E+2 → 100)."""
     if value == value.to_integral_value():
         return Decimal(int(value))
@@ -633,7 +633,7 @@ def _plain_decimal(value: Decimal) -> Decimal:
 
 
 def _plain(value: Decimal) -> str:
-    return format(_plain_decimal(value), "f")
+    return format(plain_decimal(value), "f")
 
 
 # --- Rollups ---------------------------------------------------------------------------------
