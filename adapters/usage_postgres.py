@@ -23,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Final
 from uuid import UUID
 
@@ -52,7 +53,7 @@ from domain.usage import BUCKET_SECONDS, Rollup, UsageEvent, bucket_start
 # it looks.
 WATERMARK_WAIT_S: Final = 2.0
 WATERMARK_POLL_S: Final = 0.005
-_JSON = msgspec.json.Encoder()  # Properties to jsonb: any valid JSON text (jsonb normalises it).
+_JSON = msgspec.json.Encoder()
 
 # Columns given by the caller, in the order of the append statement's arrays.
 _INPUT_COLUMNS = (
@@ -150,23 +151,28 @@ class PostgresUsageLog:
 
     def _append_statement(self, *, skip_known: bool = True) -> Composed:
         columns = SQL(", ").join(Identifier(name) for name, _ in _INPUT_COLUMNS)
-        # Binary parameters: psycopg's text arrays escape every element with a regex.
-        arrays = SQL(", ").join(SQL(f"%b::{sql_type}[]") for _, sql_type in _INPUT_COLUMNS)
-        # Sequences are drawn in input order, rows inserted in key order: concurrent batches
-        # that share keys then wait for each other in one order (no deadlock).
+        typed = SQL(", ").join(
+            SQL("{0} {1}").format(Identifier(name), SQL(sql_type))
+            for name, sql_type in _INPUT_COLUMNS
+        )
+        # The batch comes as one JSON array of row objects (_rows: msgspec encodes it in C,
+        # where binary arrays cost a Python call per element); PostgreSQL reads each field
+        # with its column type's input function. Sequences are drawn in input order, rows
+        # inserted in key order: concurrent batches that share keys then wait for each other
+        # in one order (no deadlock).
         return SQL(
-            "WITH input AS (SELECT * FROM unnest({arrays}) WITH ORDINALITY "
-            "AS input ({columns}, ordinal)), "
+            "WITH input AS (SELECT * FROM ROWS FROM (json_to_recordset(%s::json) AS ({typed})) "
+            "WITH ORDINALITY AS input ({columns}, ordinal)), "
             "numbered AS (SELECT *, nextval({sequence}::regclass) AS sequence FROM input "
             "ORDER BY ordinal), "
             "inserted AS (INSERT INTO {events} (sequence, {columns}) "
             "SELECT sequence, {columns} FROM numbered ORDER BY {key} "
             "{on_conflict} RETURNING *), "
             "added AS ({upsert}) "
-            "SELECT sequence, position, organization_id, external_subscription_id, "
-            "transaction_id FROM inserted"
+            "SELECT n.ordinal, i.sequence, i.position FROM inserted i JOIN numbered n "
+            "USING (sequence)"
         ).format(
-            arrays=arrays,
+            typed=typed,
             columns=columns,
             sequence=Literal(self._sequence_name),
             events=self.events_table,
@@ -285,16 +291,15 @@ class PostgresUsageLog:
                 with self.datastore.transaction(commit=True) as curs:
                     inserted, rows = self._insert(curs, batch, new)
         results = {}
-        for index, usage in zip(firsts, new, strict=True):
-            key = usage_key(usage)
-            if key in rows:
-                results[index] = _resent(usage, rows[key])
+        for offset, (index, usage) in enumerate(zip(firsts, new, strict=True)):
+            placed = inserted.get(offset)
+            if placed is None:
+                results[index] = _resent(usage, rows[usage_key(usage)])
             else:
-                sequence, position = inserted[key]
-                results[index] = usage.placed(sequence, position)
+                results[index] = usage.placed(*placed)
         return [results[duplicates.get(index, index)] for index in range(len(batch))]
 
-    def _insert_new(self, new: Sequence[StoredUsage]) -> dict[UsageKey, tuple[int, int]] | None:
+    def _insert_new(self, new: Sequence[StoredUsage]) -> dict[int, tuple[int, int]] | None:
         """The common case, in one round trip: a batch of keys never seen, stored by a single
         statement outside any explicit transaction (its own, committed as it ends), so row locks
         are held for the statement and its commit only, never while Python holds the GIL. A key
@@ -302,30 +307,39 @@ class PostgresUsageLog:
         (unique violation): None, and the caller takes the general path."""
         try:
             with self.datastore.cursor() as curs:
-                curs.execute(self._append_new, _arrays(new))
-                rows = curs.fetchall()
+                return self._execute_append(curs, self._append_new, new)
         except IntegrityError as error:  # The datastore wraps psycopg's errors.
             if isinstance(error.__cause__, UniqueViolation):
                 return None
             raise
-        return {_row_key(row): (row["sequence"], row["position"]) for row in rows}
+
+    def _execute_append(
+        self, curs: Cursor[DictRow], statement: str, new: Sequence[StoredUsage]
+    ) -> dict[int, tuple[int, int]]:
+        """Run an append statement; the (sequence, position) of each input inserted, by its
+        offset in `new`."""
+        curs.execute(statement, _rows(new))
+        rows: list[Any] = curs.fetchall()
+        return {row["ordinal"] - 1: (row["sequence"], row["position"]) for row in rows}
 
     def _insert(
         self, curs: Cursor[DictRow], batch: Sequence[StoredUsage], new: Sequence[StoredUsage]
-    ) -> tuple[dict[UsageKey, tuple[int, int]], dict[UsageKey, DictRow]]:
+    ) -> tuple[dict[int, tuple[int, int]], dict[UsageKey, DictRow]]:
         """Write the batch's distinct inputs (`new`) in the transaction of `curs`.
 
-        Returns the (sequence, position) of each inserted key, and the stored rows of the keys
-        stored before. Raises TransactionIdConflictError (the caller's block then rolls the
-        whole batch back) for an input that reuses a stored key with another payload.
+        Returns the (sequence, position) of each input inserted, by its offset in `new`, and the
+        stored rows of the keys stored before. Raises TransactionIdConflictError (the caller's
+        block then rolls the whole batch back) for an input that reuses a stored key with
+        another payload.
         """
-        curs.execute(self._append, _arrays(new))
-        inserted = {_row_key(row): (row["sequence"], row["position"]) for row in curs.fetchall()}
+        inserted = self._execute_append(curs, self._append, new)
         rows = {}
         if len(inserted) < len(new):
             # ON CONFLICT skipped these keys: it waits for a conflicting writer to end, so each
             # of them is committed, and this new statement (a new snapshot) sees it.
-            rows = self._stored(curs, [k for k in map(usage_key, new) if k not in inserted])
+            rows = self._stored(
+                curs, [usage_key(usage) for at, usage in enumerate(new) if at not in inserted]
+            )
             dedupe_batch(batch, {key: row["fingerprint"] for key, row in rows.items()})
         return inserted, rows
 
@@ -747,22 +761,46 @@ def _aggregate(source: Composable) -> Composed:
     )
 
 
-def _arrays(batch: Sequence[StoredUsage]) -> list[list[Any]]:
-    """The batch as one array per input column."""
-    return [
-        [usage.event.organization_id for usage in batch],
-        [usage.event.external_subscription_id for usage in batch],
-        [usage.event.transaction_id for usage in batch],
-        [usage.event.code for usage in batch],
-        [usage.event.timestamp for usage in batch],
-        [usage.event.timestamp_given for usage in batch],
-        [_JSON.encode(dict(usage.event.properties)).decode() for usage in batch],
-        [usage.event.precise_total_amount_cents for usage in batch],
-        [usage.value for usage in batch],
-        [dimensions_text(usage.dimensions) for usage in batch],
-        [usage.fingerprint for usage in batch],
-        [usage.received_at for usage in batch],
-    ]
+class _Row(msgspec.Struct):
+    """One input row of the append statement; field names are its columns (_INPUT_COLUMNS)."""
+
+    organization_id: UUID
+    external_subscription_id: str
+    transaction_id: str
+    code: str
+    timestamp: datetime
+    timestamp_given: bool
+    properties: dict[str, str]
+    precise_total_amount_cents: Decimal | None
+    value: Decimal | None
+    dimensions: str
+    fingerprint: str
+    received_at: datetime
+
+
+def _rows(batch: Sequence[StoredUsage]) -> tuple[str]:
+    """The append statement's parameter: the batch as a JSON array of rows (decimals as exact
+    strings, instants in RFC 3339 to the microsecond)."""
+    rows = []
+    for usage in batch:
+        event = usage.event
+        rows.append(
+            _Row(
+                event.organization_id,
+                event.external_subscription_id,
+                event.transaction_id,
+                event.code,
+                event.timestamp,
+                event.timestamp_given,
+                dict(event.properties),  # msgspec encodes dicts, not mapping proxies.
+                event.precise_total_amount_cents,
+                usage.value,
+                dimensions_text(usage.dimensions),
+                usage.fingerprint,
+                usage.received_at,
+            )
+        )
+    return (_JSON.encode(rows).decode(),)
 
 
 def _stored_usage(row: DictRow) -> StoredUsage:

@@ -161,7 +161,8 @@ class _Context:
         self.subscriptions: dict[str, Subscription | None] = {}
         self.metrics: dict[str, BillableMetric | None] = {}
         self.filters: dict[str, dict[str, Any]] = {}
-        self.dimension_keys: dict[tuple[UUID, int, str], tuple[str, ...]] = {}
+        # By the plan reference's id (its subscription is held above for the request) and code.
+        self.dimension_keys: dict[tuple[int, str], tuple[str, ...]] = {}
 
     def record(self, event: EventInput, received_at: datetime) -> StoredUsage:
         transaction_id = _required(event.transaction_id, "transaction_id")
@@ -243,14 +244,15 @@ class _Context:
         the plan version in force (the latter kept until the next recorded change: reading a
         plan's definition copies it)."""
         plan = subscription.plan_at(at)
-        key = (plan.plan_id, plan.plan_version, code)
-        if key not in self.dimension_keys:
+        key = (id(plan), code)
+        found = self.dimension_keys.get(key)
+        if found is None:
             group_keys = self.aggregates.memo(
-                ("group_keys", *key),
+                ("group_keys", plan.plan_id, plan.plan_version, code),
                 lambda: _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code),
             )
-            self.dimension_keys[key] = (*metric.filter_keys, *group_keys)
-        return self.dimension_keys[key]
+            found = self.dimension_keys[key] = tuple(sorted({*metric.filter_keys, *group_keys}))
+        return found
 
 
 def _group_keys(

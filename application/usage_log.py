@@ -56,17 +56,13 @@ class StoredUsage:
 
     def placed(self, sequence: int, position: int) -> "StoredUsage":
         """This record as stored at (sequence, position): dataclasses.replace, without its
-        introspection (called for every event ingested)."""
-        return StoredUsage(
-            self.event,
-            self.value,
-            self.dimensions,
-            self.fingerprint,
-            self.received_at,
-            sequence,
-            position,
-            self.voided_at,
-        )
+        introspection or the frozen __init__ (called for every event ingested)."""
+        placed = object.__new__(StoredUsage)
+        fields = placed.__dict__
+        fields.update(self.__dict__)
+        fields["sequence"] = sequence
+        fields["position"] = position
+        return placed
 
 
 @dataclass(frozen=True)
@@ -262,6 +258,7 @@ def dedupe_batch(
     return firsts, duplicates
 
 
+@lru_cache(maxsize=65_536)  # Few combinations, one per event appended.
 def dimensions_text(dimensions: Dimensions) -> str:
     """Canonical JSON of the dimension pairs (sorted by key): how stores key rollup rows."""
     keys = [key for key, _ in dimensions]

@@ -1,11 +1,13 @@
 """Lago's events resource: usage ingestion, one event or a batch, and reading them back."""
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
+import msgspec
 from anyio import to_thread
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
@@ -63,11 +65,15 @@ class VoidEventRequest(Envelope):
     event: VoidEventBody | None = None
 
 
+# Ids as text: a batch's answer names 100 (api.controllers.events.event_objects).
+UuidText = Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+
+
 class EventObject(Output):
-    lago_id: UUID
+    lago_id: UuidText
     transaction_id: str
     lago_customer_id: UUID | None
-    lago_subscription_id: UUID
+    lago_subscription_id: UuidText
     external_subscription_id: str
     code: str
     timestamp: str
@@ -95,31 +101,42 @@ class EventsPageResponse(Output):
     meta: PaginationMeta
 
 
+def event_object(stored: StoredUsage) -> EventObject:
+    [found] = event_objects([stored])
+    return found
+
+
+def event_objects(records: Sequence[StoredUsage]) -> list[EventObject]:
+    """Lago's event objects, ids hashed straight to text (a batch's answer names 100)."""
+    objects = []
+    for stored in records:
+        event = stored.event
+        amount = event.precise_total_amount_cents
+        objects.append(
+            EventObject(
+                lago_id=ids.usage_event_id_text(
+                    event.organization_id, event.external_subscription_id, event.transaction_id
+                ),
+                transaction_id=event.transaction_id,
+                lago_customer_id=None,
+                lago_subscription_id=ids.subscription_id_text(
+                    event.organization_id, event.external_subscription_id
+                ),
+                external_subscription_id=event.external_subscription_id,
+                code=event.code,
+                timestamp=iso_ms(event.timestamp),
+                properties=dict(event.properties),
+                precise_total_amount_cents=None if amount is None else format(amount, "f"),
+                created_at=_received_at(stored.received_at),
+                voided_at=iso(stored.voided_at),
+            )
+        )
+    return objects
+
+
 @lru_cache(maxsize=1_024)  # The events of a batch share their time of receipt.
 def _received_at(instant: datetime) -> str:
     return iso(instant) or ""
-
-
-def event_object(stored: StoredUsage) -> EventObject:
-    event = stored.event
-    amount = event.precise_total_amount_cents
-    return EventObject(
-        lago_id=ids.usage_event_id(
-            event.organization_id, event.external_subscription_id, event.transaction_id
-        ),
-        transaction_id=event.transaction_id,
-        lago_customer_id=None,
-        lago_subscription_id=ids.subscription_id(
-            event.organization_id, event.external_subscription_id
-        ),
-        external_subscription_id=event.external_subscription_id,
-        code=event.code,
-        timestamp=iso_ms(event.timestamp),
-        properties=dict(event.properties),
-        precise_total_amount_cents=None if amount is None else format(amount, "f"),
-        created_at=_received_at(stored.received_at),
-        voided_at=iso(stored.voided_at),
-    )
 
 
 def _input(body: EventBody) -> EventInput:
@@ -172,7 +189,7 @@ class EventController(Controller):
             body = decode_body(raw_body, EventsBatchRequest, "events")
             events = [_input(event) for event in body.events]
             stored = metering.ingest(organization_id, events, batch=True)
-            return EventsResponse(events=[event_object(record) for record in stored])
+            return EventsResponse(events=event_objects(stored))
 
         return await to_thread.run_sync(ingest)
 
@@ -254,6 +271,4 @@ class EventController(Controller):
             timestamp_from=parse_instant(timestamp_from, "timestamp_from"),
             timestamp_to=parse_instant(timestamp_to, "timestamp_to"),
         )
-        return EventsPageResponse(
-            events=[event_object(e) for e in events], meta=meta(page, per_page, total)
-        )
+        return EventsPageResponse(events=event_objects(events), meta=meta(page, per_page, total))

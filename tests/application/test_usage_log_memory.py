@@ -1,5 +1,6 @@
 """The in-memory usage log keeps the UsageLog contract; dedupe_batch resolves repeated keys."""
 
+from dataclasses import replace
 from uuid import uuid4
 
 import pytest
@@ -80,3 +81,10 @@ def test_dedupe_batch_names_the_first_input_that_disagrees() -> None:
     assert with_stored.value.index == 1
     # A stored identical key is a first input (its record comes from the store), repeats follow.
     assert dedupe_batch([new, a, a], {usage_key(a): a.fingerprint}) == ([0, 1], {2: 1})
+
+
+def test_a_placed_record_is_the_record_with_its_sequence_and_position() -> None:
+    record = contract.usage(uuid4(), "t-1")
+    placed = record.placed(7, 9)
+    assert placed == replace(record, sequence=7, position=9)
+    assert (record.sequence, record.position) == (0, 0)  # The original is unchanged.

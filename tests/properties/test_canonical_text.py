@@ -56,6 +56,17 @@ def test_ids_do_not_depend_on_the_path_taken(organization: str, external_id: str
     assert expected == uuid.uuid5(ids.NAMESPACE, name)
 
 
+@given(texts, texts, texts)
+def test_an_event_id_as_text_is_its_uuid5(organization: str, subscription: str, key: str) -> None:
+    organization_id = ids.organization_id(organization)
+    name = json.dumps(
+        ["usage_event", str(organization_id), subscription, key], separators=(",", ":")
+    )
+    expected = uuid.uuid5(ids.NAMESPACE, name)
+    assert ids.usage_event_id_text(organization_id, subscription, key) == str(expected)
+    assert ids.usage_event_id(organization_id, subscription, key) == expected
+
+
 @given(
     code=texts,
     properties=st.dictionaries(texts, texts, max_size=4),
