@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -37,9 +37,27 @@ from domain.usage import (
 )
 
 
+class EventFields(Protocol):
+    """One event as the API decoded it (its body struct) or a caller built it (EventInput);
+    nothing is validated yet."""
+
+    @property
+    def transaction_id(self) -> str | None: ...
+    @property
+    def external_subscription_id(self) -> str | None: ...
+    @property
+    def code(self) -> str | None: ...
+    @property
+    def timestamp(self) -> str | int | Decimal | None: ...
+    @property
+    def properties(self) -> Mapping[str, Any] | None: ...
+    @property
+    def precise_total_amount_cents(self) -> str | int | Decimal | None: ...
+
+
 @dataclass(frozen=True)
 class EventInput:
-    """One event as the API decoded it; nothing is validated yet."""
+    """EventFields built in Python."""
 
     transaction_id: str | None
     external_subscription_id: str | None
@@ -82,7 +100,7 @@ class Metering:
         self.observers: list[Callable[[UUID, list[StoredUsage]], None]] = []
 
     def ingest(
-        self, organization_id: UUID, events: Sequence[EventInput], *, batch: bool
+        self, organization_id: UUID, events: Sequence[EventFields], *, batch: bool
     ) -> list[StoredUsage]:
         """Validate every event, then append them all in one transaction (or none).
 
@@ -116,7 +134,7 @@ class Metering:
             observer(organization_id, stored)
         return stored
 
-    def validate(self, organization_id: UUID, event: EventInput) -> StoredUsage:
+    def validate(self, organization_id: UUID, event: EventFields) -> StoredUsage:
         """The event as ingest would record it, checked the same way (422 naming the field);
         nothing is stored: Lago's estimate_fees."""
         received_at = self.billing.now().astimezone(UTC)
@@ -164,7 +182,7 @@ class _Context:
         # By the plan reference's id (its subscription is held above for the request) and code.
         self.dimension_keys: dict[tuple[int, str], tuple[str, ...]] = {}
 
-    def record(self, event: EventInput, received_at: datetime) -> StoredUsage:
+    def record(self, event: EventFields, received_at: datetime) -> StoredUsage:
         transaction_id = _required(event.transaction_id, "transaction_id")
         external_subscription_id = _required(
             event.external_subscription_id, "external_subscription_id"
@@ -181,15 +199,15 @@ class _Context:
         value = metric_value(properties, metric.aggregation_type, metric.field_name)
         check_filter_values(properties, self._filters(code, metric))
         keys = self._dimension_keys(subscription, timestamp, code, metric)
-        usage_event = UsageEvent(
-            organization_id=self.organization_id,
-            external_subscription_id=external_subscription_id,
-            transaction_id=transaction_id,
-            code=code,
-            timestamp=timestamp,
-            properties=properties,
-            precise_total_amount_cents=precise,
-            timestamp_given=event.timestamp is not None,
+        usage_event = UsageEvent.normalised(
+            self.organization_id,
+            external_subscription_id,
+            transaction_id,
+            code,
+            timestamp,
+            properties,
+            precise,
+            event.timestamp is not None,
         )
         return StoredUsage(
             event=usage_event,

@@ -1,5 +1,6 @@
 """Exact money: ISO 4217 exponents, Decimal from strings only, one rounding policy (half-up)."""
 
+import re
 from collections.abc import Sequence
 from decimal import (
     ROUND_HALF_UP,
@@ -46,10 +47,22 @@ EXACT: Final = Context(
     prec=80, traps=[Inexact, InvalidOperation, FloatOperation, DivisionByZero, Overflow]
 )
 ROUNDING: Final = ROUND_HALF_UP  # Named at every call.
+# What to_decimal accepts at a glance (most event values): digits, an optional fraction, both
+# within bounds. Anything else takes the checks.
+_PLAIN_NUMBER: Final = re.compile(
+    rf"[0-9]{{1,{DECIMAL_DIGITS_MAX}}}(?:\.[0-9]{{1,{DECIMAL_PLACES_MAX}}})?", re.ASCII
+)
 
 
 def to_decimal(value: str | int, field: str) -> Decimal:
     """The only way into Decimal: from str or int, finite, at most DECIMAL_PLACES_MAX places."""
+    if type(value) is str and _PLAIN_NUMBER.fullmatch(value):
+        return Decimal(value)  # Unsigned and within bounds as written: as checked_decimal gives.
+    return checked_decimal(value, field)
+
+
+def checked_decimal(value: str | int, field: str) -> Decimal:
+    """to_decimal for any input: parsed in the exact context, then checked."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidValueError(field, "value_is_invalid", value)
     try:

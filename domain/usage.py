@@ -45,7 +45,8 @@ ROLLUP_AGGREGATION_TYPES: Final = ("count_agg", "sum_agg", "max_agg", "latest_ag
 
 # Unix seconds as text: digits with an optional fraction; no sign, exponent or blanks.
 _UNIX_SECONDS: Final = re.compile(r"[0-9]+(?:\.[0-9]+)?", re.ASCII)
-_UNIX_SECONDS_END: Final = Decimal(253402300800)  # 10000-01-01T00:00:00Z, past datetime.max.
+_UNIX_SECONDS_END_INT: Final = 253402300800  # 10000-01-01T00:00:00Z, past datetime.max.
+_UNIX_SECONDS_END: Final = Decimal(_UNIX_SECONDS_END_INT)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _NO_OFFSET: Final = timedelta(0)
 _FUTURE_MAX: Final = timedelta(seconds=EVENT_FUTURE_S_MAX)
@@ -73,6 +74,35 @@ class UsageEvent:
     properties: Mapping[str, str]
     precise_total_amount_cents: Decimal | None = None
     timestamp_given: bool = True
+
+    @classmethod
+    def normalised(
+        cls,
+        organization_id: UUID,
+        external_subscription_id: str,
+        transaction_id: str,
+        code: str,
+        timestamp: datetime,
+        properties: dict[str, str],
+        precise_total_amount_cents: Decimal | None,
+        timestamp_given: bool,
+    ) -> "UsageEvent":
+        """The event of fields ingest has just checked: `timestamp` from parse_timestamp (UTC)
+        and `properties` a new dict from normalise_properties that no one else holds. Equal to
+        UsageEvent(...) of the same fields, without __post_init__'s checks and copy (ingest
+        makes one per event)."""
+        event = object.__new__(cls)
+        event.__dict__.update(
+            organization_id=organization_id,
+            external_subscription_id=external_subscription_id,
+            transaction_id=transaction_id,
+            code=code,
+            timestamp=timestamp,
+            properties=MappingProxyType(properties),
+            precise_total_amount_cents=precise_total_amount_cents,
+            timestamp_given=timestamp_given,
+        )
+        return event
 
     def __post_init__(self) -> None:
         assert self.timestamp.utcoffset() == _NO_OFFSET, self.timestamp
@@ -149,9 +179,9 @@ def parse_timestamp(
     if isinstance(value, bool):
         raise InvalidValueError(field, "invalid_format", value)
     if isinstance(value, int):
-        if not 0 <= value < _UNIX_SECONDS_END:
+        if not 0 <= value < _UNIX_SECONDS_END_INT:
             raise InvalidValueError(field, "value_is_out_of_range", value)
-        return EPOCH + timedelta(seconds=value)  # Whole seconds: exact, no Fraction needed.
+        return _whole_seconds(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise InvalidValueError(field, "invalid_format", value)
@@ -163,6 +193,11 @@ def parse_timestamp(
     if not 0 <= seconds < _UNIX_SECONDS_END:
         raise InvalidValueError(field, "value_is_out_of_range", value)
     return EPOCH + timedelta(microseconds=math.floor(Fraction(seconds) * 10**6))
+
+
+@lru_cache(maxsize=16_384)  # Events come in bursts that share their second.
+def _whole_seconds(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)  # Exact: no Fraction needed.
 
 
 def check_not_in_future(timestamp: datetime, received_at: datetime) -> None:

@@ -174,7 +174,7 @@ class EventController(Controller):
 
         def ingest() -> EventResponse:
             body = decode_body(raw_body, EventRequest, "event").event
-            [stored] = metering.ingest(organization_id, [_input(body)], batch=False)
+            [stored] = metering.ingest(organization_id, [body], batch=False)
             return EventResponse(event=event_object(stored))
 
         return await to_thread.run_sync(ingest)
@@ -187,8 +187,7 @@ class EventController(Controller):
 
         def ingest() -> EventsResponse:
             body = decode_body(raw_body, EventsBatchRequest, "events")
-            events = [_input(event) for event in body.events]
-            stored = metering.ingest(organization_id, events, batch=True)
+            stored = metering.ingest(organization_id, body.events, batch=True)
             return EventsResponse(events=event_objects(stored))
 
         return await to_thread.run_sync(ingest)

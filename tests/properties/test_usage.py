@@ -278,3 +278,22 @@ def test_an_accepted_filter_set_prices_each_event_in_exactly_one_bucket(
             k: set(DECLARED[k] if v == [ALL_FILTER_VALUES] else v) for k, v in filters[i].items()
         }
         assert all(k in inner and inner[k] <= values for k, values in outer.items())
+
+
+@given(
+    properties=st.dictionaries(st.text(max_size=6), st.text(max_size=6), max_size=4),
+    timestamp=instants,
+    amount=st.none() | st.decimals(min_value=0, max_value=10**6, places=2),
+    timestamp_given=st.booleans(),
+)
+def test_a_normalised_event_is_the_event_built_with_its_checks(
+    properties: dict[str, str],
+    timestamp: datetime,
+    amount: Decimal | None,
+    timestamp_given: bool,
+) -> None:
+    fields = (ORG_ID, "sub", "t-1", "tokens", timestamp)
+    built = UsageEvent(*fields, properties, amount, timestamp_given)
+    normalised = UsageEvent.normalised(*fields, dict(properties), amount, timestamp_given)
+    assert normalised == built
+    assert payload_fingerprint(normalised) == payload_fingerprint(built)
