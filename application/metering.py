@@ -179,8 +179,8 @@ class _Context:
         self.subscriptions: dict[str, Subscription | None] = {}
         self.metrics: dict[str, BillableMetric | None] = {}
         self.filters: dict[str, dict[str, Any]] = {}
-        # By the plan reference's id (its subscription is held above for the request) and code.
-        self.dimension_keys: dict[tuple[int, str], tuple[str, ...]] = {}
+        # By plan code and version (they name one plan version in the organization), and code.
+        self.dimension_keys: dict[tuple[str, int, str], tuple[str, ...]] = {}
 
     def record(self, event: EventFields, received_at: datetime) -> StoredUsage:
         transaction_id = _required(event.transaction_id, "transaction_id")
@@ -262,7 +262,7 @@ class _Context:
         the plan version in force (the latter kept until the next recorded change: reading a
         plan's definition copies it)."""
         plan = subscription.plan_at(at)
-        key = (id(plan), code)
+        key = (plan.plan_code, plan.plan_version, code)
         found = self.dimension_keys.get(key)
         if found is None:
             group_keys = self.aggregates.memo(

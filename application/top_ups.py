@@ -38,7 +38,8 @@ class TopUpWorker:
         self.sweep_s = sweep_s
         self.refreshes = 0  # Customers refreshed, for tests and logs.
         self.sweeps = 0
-        self._queue: queue.Queue[tuple[UUID, str] | None] = queue.Queue()
+        # Each item: the (organization, subscription) keys of one ingest that were not queued.
+        self._queue: queue.Queue[list[tuple[UUID, str]] | None] = queue.Queue()
         self._queued: set[tuple[UUID, str]] = set()
         self._lock = threading.Lock()
         self._customers: dict[tuple[UUID, str], str | None] = {}
@@ -47,19 +48,19 @@ class TopUpWorker:
         self._threads: list[threading.Thread] = []
 
     def on_ingest(self, organization_id: UUID, stored: Sequence[StoredUsage]) -> None:
-        """Metering's observer: enqueue the subscriptions whose usage just changed."""
-        for external_subscription_id in {
-            record.event.external_subscription_id for record in stored
-        }:
-            self.notify(organization_id, external_subscription_id)
-
-    def notify(self, organization_id: UUID, external_subscription_id: str) -> None:
-        key = (organization_id, external_subscription_id)
+        """Metering's observer: enqueue the subscriptions whose usage just changed (one queue
+        item per ingest: a batch names many)."""
+        subscriptions = {record.event.external_subscription_id for record in stored}
         with self._lock:
-            if key in self._queued:
-                return  # Already waiting: its refresh will see this usage too.
-            self._queued.add(key)
-        self._queue.put(key)
+            # A key already waiting is left: its refresh will see this usage too.
+            keys = [
+                key
+                for subscription in subscriptions
+                if (key := (organization_id, subscription)) not in self._queued
+            ]
+            self._queued.update(keys)
+        if keys:
+            self._queue.put(keys)
 
     def run_once(self, timeout_s: float = 0.0) -> int:
         """Wait up to timeout_s for work, then refresh every customer queued; returns how many."""
@@ -69,19 +70,20 @@ class TopUpWorker:
             )
         except queue.Empty:
             return 0
-        keys = [first]
+        items = [first]
         while True:
             try:
-                keys.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait())
             except queue.Empty:
                 break
+        keys = [key for item in items if item is not None for key in item]  # None: stop().
+        with self._lock:
+            self._queued.difference_update(keys)  # From here on a new ingest queues them again.
         customers: set[tuple[UUID, str]] = set()
         self._aggregates.refresh()
         for key in keys:
-            if key is None:
-                continue  # stop()'s wake-up.
-            with self._lock:
-                self._queued.discard(key)  # From here on a new ingest queues it again.
+            if not self._wallet_holders(key[0]):
+                continue  # No customer of the organization holds a wallet.
             customer = self._customer_of(*key)
             if customer is not None and customer in self._wallet_holders(key[0]):
                 customers.add((key[0], customer))
