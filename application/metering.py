@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
@@ -35,6 +35,10 @@ from domain.usage import (
     parse_timestamp,
     payload_fingerprint,
 )
+
+# Subscriptions (or metrics) an organization's validation context keeps at most.
+CONTEXT_ENTRIES_MAX: Final = 100_000
+_UNKNOWN: Final = object()  # Not looked up yet (None: looked up, not found).
 
 
 class EventFields(Protocol):
@@ -113,7 +117,7 @@ class Metering:
             raise BatchSizeError("too_many_events", len(events), self.batch_max)
         received_at = self.billing.now().astimezone(UTC)
         self.aggregates.refresh(since_arrival=True)
-        context = _Context(self.aggregates, organization_id)
+        context = self._context(organization_id)
         records = []
         for position, event in enumerate(events):
             index = position if batch else None
@@ -140,9 +144,17 @@ class Metering:
         received_at = self.billing.now().astimezone(UTC)
         self.aggregates.refresh(since_arrival=True)
         try:
-            return _Context(self.aggregates, organization_id).record(event, received_at)
+            return self._context(organization_id).record(event, received_at)
         except InvalidValueError as error:
             raise EventRejectedError(None, error.field, error.reason, str(error)) from None
+
+    def _context(self, organization_id: UUID) -> "_Context":
+        """What validation loads, shared by the organization's requests until the next change
+        recorded in the store (FreshAggregates.memo: after the refresh each ingest starts with,
+        a change committed before the request arrived is seen)."""
+        return self.aggregates.memo(
+            ("ingest", organization_id), lambda: _Context(self.aggregates, organization_id)
+        )
 
     def void(
         self, organization_id: UUID, transaction_id: str, external_subscription_id: str | None
@@ -171,13 +183,14 @@ class Metering:
 
 
 class _Context:
-    """What validating one request needs, loaded once per subscription and metric."""
+    """What validating events needs, loaded once per subscription and metric (requests in
+    several threads share it: each entry is set whole, and two threads may load one twice)."""
 
     def __init__(self, aggregates: FreshAggregates, organization_id: UUID) -> None:
         self.aggregates = aggregates
         self.organization_id = organization_id
-        self.subscriptions: dict[str, Subscription | None] = {}
-        self.metrics: dict[str, BillableMetric | None] = {}
+        self.subscriptions: dict[str, object] = {}  # A Subscription, or None: not found.
+        self.metrics: dict[str, object] = {}  # A BillableMetric, or None: none live.
         self.filters: dict[str, dict[str, Any]] = {}
         # By plan code and version (they name one plan version in the organization), and code.
         self.dimension_keys: dict[tuple[str, int, str], tuple[str, ...]] = {}
@@ -218,36 +231,31 @@ class _Context:
         )
 
     def _metric(self, code: str) -> BillableMetric:
-        if code not in self.metrics:
-            try:
-                metric: BillableMetric = self.aggregates.get(
-                    ids.billable_metric_id(self.organization_id, code)
-                )
-            except AggregateNotFoundError:
-                self.metrics[code] = None
-            else:
-                self.metrics[code] = None if metric.deleted else metric
-        found = self.metrics[code]
+        found = self.metrics.get(code, _UNKNOWN)
+        if found is _UNKNOWN:
+            metric = self._load(ids.billable_metric_id(self.organization_id, code))
+            found = None if metric is None or metric.deleted else metric
+            _remember(self.metrics, code, found)
         if found is None:
             raise InvalidValueError("code", "metric_not_found", code)
-        return found
+        return cast(BillableMetric, found)
 
     def _subscription(self, external_id: str) -> Subscription:
-        if external_id not in self.subscriptions:
-            try:
-                subscription: Subscription = self.aggregates.get(
-                    ids.subscription_id(self.organization_id, external_id)
-                )
-            except AggregateNotFoundError:
-                self.subscriptions[external_id] = None
-            else:
-                self.subscriptions[external_id] = subscription
-        found = self.subscriptions[external_id]
+        found = self.subscriptions.get(external_id, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = self._load(ids.subscription_id(self.organization_id, external_id))
+            _remember(self.subscriptions, external_id, found)
         if found is None:
             raise InvalidValueError(
                 "external_subscription_id", "subscription_not_found", external_id
             )
-        return found
+        return cast(Subscription, found)
+
+    def _load(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.aggregates.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
 
     def _filters(self, code: str, metric: BillableMetric) -> dict[str, Any]:
         """The metric's filter values by key (once per request and metric)."""
@@ -271,6 +279,12 @@ class _Context:
             )
             found = self.dimension_keys[key] = tuple(sorted({*metric.filter_keys, *group_keys}))
         return found
+
+
+def _remember(cache: dict[str, object], key: str, value: object) -> None:
+    if len(cache) >= CONTEXT_ENTRIES_MAX:
+        cache.clear()  # Bounded: what is asked again is loaded again.
+    cache[key] = value
 
 
 def _group_keys(

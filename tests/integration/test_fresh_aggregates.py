@@ -47,10 +47,15 @@ def test_a_change_by_another_process_is_seen_by_the_next_request(
             org, "sub_1", external_customer_id="c1", plan_code="p", subscription_at=START
         )
 
-        def send(ledger_index: int, transaction_id: str, properties: dict[str, str]) -> None:
+        def send(
+            ledger_index: int,
+            transaction_id: str,
+            properties: dict[str, str],
+            subscription: str = "sub_1",
+        ) -> None:
             ledger = (first, second)[ledger_index]
             event = EventInput(
-                transaction_id, "sub_1", "tokens", int(now.timestamp()), properties, None
+                transaction_id, subscription, "tokens", int(now.timestamp()), properties, None
             )
             ledger.metering.ingest(org, [event], batch=False)
 
@@ -67,6 +72,16 @@ def test_a_change_by_another_process_is_seen_by_the_next_request(
             send(1, "t3", {"n": "3", "model": "b"})
         assert "model" in rejected.value.field
         send(1, "t3", {"n": "3", "model": "a"})
+
+        # An unknown subscription is refused (and remembered as unknown) until the first
+        # process creates it.
+        with pytest.raises(EventRejectedError) as unknown:
+            send(1, "u1", {"n": "1"}, "sub_2")
+        assert unknown.value.reason == "subscription_not_found"
+        first.billing.create_subscription(
+            org, "sub_2", external_customer_id="c1", plan_code="p", subscription_at=START
+        )
+        send(1, "u1", {"n": "1"}, "sub_2")
 
         # The first process terminates the subscription: the second refuses later events.
         first.billing.terminate_subscription(org, "sub_1")
