@@ -271,6 +271,24 @@ class PostgresAuditLog:
             for statement in statements[:-1]:
                 curs.execute(statement)
             curs.execute(statements[-1], (GENESIS_HASH,))
+            # Rendered once: every request appends (ADR 0029).
+            self._advance_head = (
+                SQL("UPDATE {0} SET sequence = sequence + %s WHERE id = 1 RETURNING sequence, hash")
+                .format(self.head_table)
+                .as_string(curs)
+            )
+            self._insert = (
+                SQL("INSERT INTO {0} ({1}) VALUES ({2})")
+                .format(
+                    self.table,
+                    SQL(", ").join(Identifier(c) for c in COLUMNS),
+                    SQL(", ").join(SQL("%s") for _ in COLUMNS),
+                )
+                .as_string(curs)
+            )
+            self._set_head = (
+                SQL("UPDATE {0} SET hash = %s WHERE id = 1").format(self.head_table).as_string(curs)
+            )
 
     def append(self, entry: AuditEntry) -> ChainedEntry:
         return self.append_many([entry])[0]
@@ -280,28 +298,13 @@ class PostgresAuditLog:
             return []
         with self.datastore.transaction(commit=True) as curs:
             # The row lock serialises appenders; READ COMMITTED re-reads the head after it.
-            curs.execute(
-                SQL(
-                    "UPDATE {0} SET sequence = sequence + %s WHERE id = 1 RETURNING sequence, hash"
-                ).format(self.head_table),
-                (len(entries),),
-            )
+            curs.execute(self._advance_head, (len(entries),))
             head = curs.fetchone()
             assert head is not None
             first = int(head["sequence"]) - len(entries) + 1
             chained = _chain(first, str(head["hash"]), entries)
-            curs.executemany(
-                SQL("INSERT INTO {0} ({1}) VALUES ({2})").format(
-                    self.table,
-                    SQL(", ").join(Identifier(c) for c in COLUMNS),
-                    SQL(", ").join(SQL("%s") for _ in COLUMNS),
-                ),
-                [_row(item) for item in chained],
-            )
-            curs.execute(
-                SQL("UPDATE {0} SET hash = %s WHERE id = 1").format(self.head_table),
-                (chained[-1].hash,),
-            )
+            curs.executemany(self._insert, [_row(item) for item in chained])
+            curs.execute(self._set_head, (chained[-1].hash,))
         return chained
 
     def page(

@@ -1,5 +1,8 @@
 """create_app(): the composition root of the HTTP API."""
 
+import gc
+from typing import Final
+
 from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -44,6 +47,9 @@ from api.security import Limits, SecurityMiddleware, SharedRateLimiter
 from api.webhook_payloads import WebhookPayloads
 from application.audit_log import AuditWriter
 from application.webhooks import DeliveryWorker, WebhookTransport
+
+GC_YOUNG_THRESHOLD: Final = 50_000  # Python's default: 700.
+GC_OLDER_THRESHOLD: Final = 20  # Python's default: 10.
 
 
 def create_app(
@@ -144,4 +150,15 @@ def request_limits(ledger: Ledger) -> Limits:
 
 def create_app_from_env(settings: Settings | None = None) -> Litestar:
     """The app on the store that TALLY_DATABASE_URL names (used by `tally serve`)."""
-    return create_app(open_ledger(settings or settings_from_env()), deliver_webhooks=True)
+    app = create_app(open_ledger(settings or settings_from_env()), deliver_webhooks=True)
+    tune_garbage_collector()
+    return app
+
+
+def tune_garbage_collector() -> None:
+    """For a serving process (ADR 0029): what exists at start-up is never collected, and the
+    youngest generation is collected every GC_YOUNG_THRESHOLD allocations instead of 700 (a
+    batch of events allocates tens of thousands of objects, nearly all freed by reference
+    counting; collecting them in passes of 700 cost about a tenth of the ingest's time)."""
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, GC_OLDER_THRESHOLD, GC_OLDER_THRESHOLD)

@@ -80,7 +80,9 @@ class TopUpWorker:
         with self._lock:
             self._queued.difference_update(keys)  # From here on a new ingest queues them again.
         customers: set[tuple[UUID, str]] = set()
-        self._aggregates.refresh()
+        # No refresh of its own: each ingest refreshed the shared cache after its request
+        # arrived, so the wallet holders read below include every wallet recorded before the
+        # usage was sent (a wallet recorded later counts from the next ingest, or the sweep).
         for key in keys:
             if not self._wallet_holders(key[0]):
                 continue  # No customer of the organization holds a wallet.
