@@ -73,6 +73,7 @@ _INPUT_COLUMNS = (
 _KEY = SQL("organization_id, transaction_id, external_subscription_id")
 # The unique key of a row: an event and its reversal share the event's key.
 _ROW_KEY = SQL("organization_id, transaction_id, external_subscription_id, reversal")
+_STRIDE: Final = SQL("interval {0}").format(Literal(f"{BUCKET_SECONDS} seconds"))
 # bucket_start before dimensions: totals() reads one period's buckets as one index range.
 _ROLLUP_KEY = SQL("organization_id, external_subscription_id, code, bucket_start, dimensions")
 
@@ -184,14 +185,22 @@ class PostgresUsageLog:
         )
 
     def _totals_statement(self) -> Composed:
+        """totals(): the rollup rows of the interval, summed per dimensions. The latest value
+        is the one of the row holding the latest instant: a row's latest_at lies in its own
+        bucket, so that row is found by its key (no sort of the interval's rows)."""
         return SQL(
-            "SELECT dimensions, sum(count)::bigint AS count, sum(sum) AS sum, "
-            "max(max) AS max, (array_agg(latest_value ORDER BY latest_at DESC, "
-            "latest_value DESC) FILTER (WHERE latest_at IS NOT NULL))[1] AS latest_value, "
-            "max(latest_at) AS latest_at, sum(precise_sum) AS precise_sum FROM {0} "
-            "WHERE organization_id = %s AND external_subscription_id = %s AND code = %s "
-            "AND bucket_start >= %s AND bucket_start < %s GROUP BY dimensions"
-        ).format(self.rollups_table)
+            "WITH totals AS (SELECT dimensions, sum(count)::bigint AS count, sum(sum) AS sum, "
+            "max(max) AS max, max(latest_at) AS latest_at, sum(precise_sum) AS precise_sum "
+            "FROM {rollups} WHERE organization_id = %(org)s "
+            "AND external_subscription_id = %(sub)s AND code = %(code)s "
+            "AND bucket_start >= %(start)s AND bucket_start < %(end)s GROUP BY dimensions) "
+            "SELECT t.dimensions, t.count, t.sum, t.max, r.latest_value, t.latest_at, "
+            "t.precise_sum FROM totals t LEFT JOIN {rollups} r "
+            "ON r.organization_id = %(org)s AND r.external_subscription_id = %(sub)s "
+            "AND r.code = %(code)s AND r.bucket_start = date_bin({stride}, t.latest_at, "
+            "timestamptz '1970-01-01T00:00:00Z') AND r.dimensions = t.dimensions "
+            "AND r.latest_at = t.latest_at"
+        ).format(rollups=self.rollups_table, stride=_STRIDE)
 
     def _totals_at_statement(self) -> Composed:
         """totals_at(): the live events of events(), grouped by code and dimensions."""
@@ -541,7 +550,14 @@ class PostgresUsageLog:
         check_bucket_aligned(start_at, end_at)
         with self.datastore.cursor() as curs:  # One statement: its own snapshot.
             curs.execute(
-                self._totals, (organization_id, external_subscription_id, code, start_at, end_at)
+                self._totals,
+                {
+                    "org": organization_id,
+                    "sub": external_subscription_id,
+                    "code": code,
+                    "start": start_at,
+                    "end": end_at,
+                },
             )
             rows = curs.fetchall()
         totals = [_usage_total(row) for row in rows]
@@ -755,7 +771,7 @@ def _aggregate(source: Composable) -> Composed:
         "coalesce(sum(precise_total_amount_cents), 0) AS precise_sum "
         "FROM {source} GROUP BY {key} ORDER BY {key}"
     ).format(
-        stride=SQL("interval {0}").format(Literal(f"{BUCKET_SECONDS} seconds")),
+        stride=_STRIDE,
         source=source,
         key=_ROLLUP_KEY,
     )
