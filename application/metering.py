@@ -301,10 +301,11 @@ def _group_keys(
 
 
 def _required(value: str | None, field: str) -> str:
-    if type(value) is str and 0 < len(value) <= KEY_LENGTH_MAX:
+    if type(value) is str and 0 < len(value) <= KEY_LENGTH_MAX and "\x00" not in value:
         return value  # The common case, first.
     if value is None or value == "":
         raise InvalidValueError(field, "value_is_mandatory", value)
-    if not isinstance(value, str) or len(value) > KEY_LENGTH_MAX:
+    # PostgreSQL's text holds no NUL: refused on every store alike.
+    if not isinstance(value, str) or len(value) > KEY_LENGTH_MAX or "\x00" in value:
         raise InvalidValueError(field, "value_is_invalid", value)
     return value

@@ -213,8 +213,9 @@ def normalise_properties(
 
     Strings are kept verbatim; numbers (int, or Decimal decoded from the JSON literal) become
     canonical decimal text (number_text: 1.50 → "1.5"); booleans become "true"/"false" (Lago
-    reads them as text too); a null value means the property is absent. Objects, arrays and
-    floats are refused with `value_is_invalid` on `properties.<key>`. None means {}.
+    reads them as text too); a null value means the property is absent. Objects, arrays,
+    floats and text holding a NUL character are refused with `value_is_invalid` on
+    `properties.<key>` (on `properties` for such a key). None means {}.
     """
     if properties is None:
         return {}
@@ -222,16 +223,17 @@ def normalise_properties(
         raise InvalidValueError(field, "value_is_invalid", properties)
     normalised: dict[str, str] = {}
     for key, value in properties.items():
-        if type(value) is str and type(key) is str:  # The common case, first.
-            normalised[key] = value
+        if type(value) is str and type(key) is str and "\x00" not in key + value:
+            normalised[key] = value  # The common case, first.
             continue
-        if not isinstance(key, str):
+        # Text holds no NUL character (PostgreSQL's cannot): refused on every store alike.
+        if not isinstance(key, str) or "\x00" in key:
             raise InvalidValueError(field, "value_is_invalid", key)
         if value is None:
             continue
         if isinstance(value, bool):
             normalised[key] = "true" if value else "false"
-        elif isinstance(value, str):
+        elif isinstance(value, str) and "\x00" not in value:
             normalised[key] = value
         elif isinstance(value, int | Decimal):
             normalised[key] = number_text(value, f"{field}.{key}")

@@ -206,6 +206,20 @@ def test_a_batch_with_one_bad_event_stores_nothing(llm: Client, tenant: Tenant) 
         ({"properties": {"model": "small"}}, "properties.tokens", "value_is_mandatory"),
         ({"properties": {"tokens": "many"}}, "properties.tokens", "value_is_invalid"),
         ({"transaction_id": None}, "transaction_id", "value_is_mandatory"),
+        # PostgreSQL's text holds no NUL character: refused on every store.
+        ({"transaction_id": "t\u0000"}, "transaction_id", "value_is_invalid"),
+        (
+            {"external_subscription_id": "sub_1\u0000"},
+            "external_subscription_id",
+            "value_is_invalid",
+        ),
+        ({"code": "tokens\u0000"}, "code", "value_is_invalid"),
+        (
+            {"properties": {"tokens": "1", "model": "a\u0000"}},
+            "properties.model",
+            "value_is_invalid",
+        ),
+        ({"properties": {"tokens": "1", "m\u0000": "a"}}, "properties", "value_is_invalid"),
     ],
 )
 def test_an_invalid_event_is_refused_naming_its_field(
