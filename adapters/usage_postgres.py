@@ -794,29 +794,30 @@ class _Row(msgspec.Struct):
     received_at: datetime
 
 
+def input_values(usage: StoredUsage) -> tuple[Any, ...]:
+    """An event's values in the order of the append statement's columns (_INPUT_COLUMNS): what
+    the log stores of it (the benches' raw baselines copy the same)."""
+    event = usage.event
+    return (
+        event.organization_id,
+        event.external_subscription_id,
+        event.transaction_id,
+        event.code,
+        event.timestamp,
+        event.timestamp_given,
+        dict(event.properties),  # msgspec encodes dicts, not mapping proxies.
+        event.precise_total_amount_cents,
+        usage.value,
+        dimensions_text(usage.dimensions),
+        usage.fingerprint,
+        usage.received_at,
+    )
+
+
 def _rows(batch: Sequence[StoredUsage]) -> tuple[str]:
     """The append statement's parameter: the batch as a JSON array of rows (decimals as exact
     strings, instants in RFC 3339 to the microsecond)."""
-    rows = []
-    for usage in batch:
-        event = usage.event
-        rows.append(
-            _Row(
-                event.organization_id,
-                event.external_subscription_id,
-                event.transaction_id,
-                event.code,
-                event.timestamp,
-                event.timestamp_given,
-                dict(event.properties),  # msgspec encodes dicts, not mapping proxies.
-                event.precise_total_amount_cents,
-                usage.value,
-                dimensions_text(usage.dimensions),
-                usage.fingerprint,
-                usage.received_at,
-            )
-        )
-    return (_JSON.encode(rows).decode(),)
+    return (_JSON.encode([_Row(*input_values(usage)) for usage in batch]).decode(),)
 
 
 def _stored_usage(row: DictRow) -> StoredUsage:

@@ -37,7 +37,7 @@ from eventsourcing.postgres import PostgresDatastore
 from eventsourcing.sqlite import SQLiteDatastore
 
 from adapters.settings import parse_database_url
-from adapters.usage_postgres import PostgresUsageLog
+from adapters.usage_postgres import PostgresUsageLog, input_values
 from adapters.usage_sqlite import SQLiteUsageLog
 from application.usage_log import StoredUsage, dimensions_text
 from domain.usage import UsageEvent, dimension_key, payload_fingerprint
@@ -232,21 +232,7 @@ def raw_copy(url: str, schema: str, events: Sequence[StoredUsage]) -> float:
 
 
 def copy_row(usage: StoredUsage) -> tuple[object, ...]:
-    event = usage.event
-    return (
-        event.organization_id,
-        event.external_subscription_id,
-        event.transaction_id,
-        event.code,
-        event.timestamp,
-        event.timestamp_given,
-        dict(event.properties),
-        event.precise_total_amount_cents,
-        usage.value,
-        dimensions_text(usage.dimensions),
-        usage.fingerprint,
-        usage.received_at,
-    )
+    return input_values(usage)  # What the store writes of it, in COPY_TYPES' order.
 
 
 # --- SQLite -----------------------------------------------------------------------------------

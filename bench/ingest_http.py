@@ -57,7 +57,8 @@ sys.path.insert(0, str(ROOT))
 from common import cpu_model, percentiles  # noqa: E402
 
 from adapters.settings import parse_database_url  # noqa: E402
-from application.usage_log import StoredUsage, dimensions_text  # noqa: E402
+from adapters.usage_postgres import input_values  # noqa: E402
+from application.usage_log import StoredUsage  # noqa: E402
 from domain.usage import UsageEvent, dimension_key, payload_fingerprint  # noqa: E402
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -508,21 +509,7 @@ def stored_usage(
 
 
 def copy_row(usage: StoredUsage) -> tuple[object, ...]:
-    event = usage.event
-    return (
-        event.organization_id,
-        event.external_subscription_id,
-        event.transaction_id,
-        event.code,
-        event.timestamp,
-        event.timestamp_given,
-        dict(event.properties),
-        event.precise_total_amount_cents,
-        usage.value,
-        dimensions_text(usage.dimensions),
-        usage.fingerprint,
-        usage.received_at,
-    )
+    return input_values(usage)  # What the store writes of it, in COPY_TYPES' order.
 
 
 def raw_copy(url: str, rows: Sequence[tuple[object, ...]]) -> float:
