@@ -7,11 +7,11 @@ from functools import lru_cache
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-import msgspec
 from anyio import to_thread
 from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, FromQuery
+from litestar.openapi.spec import OpenAPIFormat
+from litestar.params import FromPath, FromQuery, KwargDefinition
 
 from api.auth import provide_organization_id
 from api.controllers.invoices import FeeObject, estimated_fee_objects, provide_invoicing
@@ -66,7 +66,7 @@ class VoidEventRequest(Envelope):
 
 
 # Ids as text: a batch's answer names 100 (api.controllers.events.event_objects).
-UuidText = Annotated[str, msgspec.Meta(extra_json_schema={"format": "uuid"})]
+UuidText = Annotated[str, KwargDefinition(format=OpenAPIFormat.UUID)]
 
 
 class EventObject(Output):

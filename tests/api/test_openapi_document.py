@@ -46,3 +46,10 @@ def test_every_api_operation_documents_its_errors_as_problem_bodies(client: Clie
         problem = responses["422"]["content"]["application/problem+json"]["schema"]
         assert problem == {"$ref": "#/components/schemas/Problem"}
     assert "oneOf" not in str(document)  # `T | None` is anyOf: null may match both.
+
+
+def test_event_ids_made_as_text_are_documented_as_uuids(client: Client) -> None:
+    document = client.get("/openapi/openapi.json").json()
+    event = document["components"]["schemas"]["EventObject"]["properties"]
+    for field in ("lago_id", "lago_subscription_id"):
+        assert event[field] == {"type": "string", "format": "uuid"}, field
