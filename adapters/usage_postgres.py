@@ -1,12 +1,13 @@
 """The usage log on PostgreSQL: one statement per batch stores the new events and their rollups.
 
-Measured shape (performance-and-reliability.md §7): the batch goes in as arrays (unnest) and
-the rollups are upserted, sorted by key, from the rows inserted; numbers are `numeric`, so every
-sum is exact. A batch of new keys is one statement in its own transaction (autocommit): one round
-trip, and its row locks are never held while Python waits for the GIL. A batch that meets a
-stored key fails that statement as a whole (unique violation); its stored keys are then read
-and their fingerprints compared, and, unless every key was stored (a re-send, written by no one),
-a transaction inserts what is new, skipping known keys (ON CONFLICT DO NOTHING).
+Measured shape (performance-and-reliability.md §7, ADR 0029): the batch goes in as one JSON
+array of rows (json_to_recordset) and the rollups are upserted, sorted by key, from the rows
+inserted; numbers are `numeric`, so every sum is exact. A batch of new keys is one statement in
+its own transaction (autocommit): one round trip, and its row locks are never held while Python
+waits for the GIL. A batch that meets a stored key fails that statement as a whole (unique
+violation); its stored keys are then read and their fingerprints compared, and, unless every key
+was stored (a re-send, written by no one), a transaction inserts what is new, skipping known keys
+(ON CONFLICT DO NOTHING).
 
 Writers run concurrently (no lock). Each row carries the writing transaction's id
 (`position`, pg_current_xact_id()), and the watermark is one less than the oldest transaction
@@ -55,7 +56,7 @@ WATERMARK_WAIT_S: Final = 2.0
 WATERMARK_POLL_S: Final = 0.005
 _JSON = msgspec.json.Encoder()
 
-# Columns given by the caller, in the order of the append statement's arrays.
+# Columns given by the caller (input_values), with their types in the append statement.
 _INPUT_COLUMNS = (
     ("organization_id", "uuid"),
     ("external_subscription_id", "text"),
