@@ -105,6 +105,7 @@ class PostgresUsageLog:
             self._append = self._append_statement().as_string(curs)
             self._append_new = self._append_statement(skip_known=False).as_string(curs)
             self._totals = self._totals_statement().as_string(curs)
+            self._stored_keys = self._stored_statement().as_string(curs)
             self._totals_at = self._totals_at_statement().as_string(curs)
             self._totals_at_many = self._totals_at_many_statement().as_string(curs)
 
@@ -184,6 +185,21 @@ class PostgresUsageLog:
             else SQL(""),
             upsert=self._upsert_rollups(SQL("inserted")),
         )
+
+    def _stored_statement(self) -> Composed:
+        """_stored(): the events of the keys given as a JSON array (_Key objects)."""
+        return SQL(
+            "SELECT e.sequence, e.position, e.organization_id, e.external_subscription_id, "
+            "e.transaction_id, e.timestamp, e.value, e.dimensions, e.fingerprint, "
+            "e.received_at, v.received_at AS voided_at FROM {0} e LEFT JOIN {0} v "
+            "ON v.reversal AND v.organization_id = e.organization_id "
+            "AND v.transaction_id = e.transaction_id "
+            "AND v.external_subscription_id = e.external_subscription_id "
+            "WHERE NOT e.reversal AND (e.organization_id, e.transaction_id, "
+            "e.external_subscription_id) IN (SELECT organization_id, transaction_id, "
+            "external_subscription_id FROM json_to_recordset(%s::json) AS k(organization_id uuid, "
+            "external_subscription_id text, transaction_id text))"
+        ).format(self.events_table)
 
     def _totals_statement(self) -> Composed:
         """totals(): the rollup rows of the interval, summed per dimensions. The latest value
@@ -359,22 +375,8 @@ class PostgresUsageLog:
         Planned at each call (never a cached plan): a plan cached while the table was small
         would scan it whole, while a fresh plan sees its size and probes the key index.
         """
-        organizations, subscriptions, transactions = zip(*keys, strict=True)
-        curs.execute(
-            SQL(
-                "SELECT e.sequence, e.position, e.organization_id, e.external_subscription_id, "
-                "e.transaction_id, e.timestamp, e.value, e.dimensions, e.fingerprint, "
-                "e.received_at, v.received_at AS voided_at FROM {0} e LEFT JOIN {0} v "
-                "ON v.reversal AND v.organization_id = e.organization_id "
-                "AND v.transaction_id = e.transaction_id "
-                "AND v.external_subscription_id = e.external_subscription_id "
-                "WHERE NOT e.reversal AND (e.organization_id, e.transaction_id, "
-                "e.external_subscription_id) IN "
-                "(SELECT * FROM unnest(%b::uuid[], %b::text[], %b::text[]))"
-            ).format(self.events_table),
-            (list(organizations), list(transactions), list(subscriptions)),
-            prepare=False,
-        )
+        keys_json = _JSON.encode([_Key(*key) for key in keys]).decode()
+        curs.execute(self._stored_keys, (keys_json,), prepare=False)
         return {_row_key(row): row for row in curs.fetchall()}
 
     def void(
@@ -776,6 +778,14 @@ def _aggregate(source: Composable) -> Composed:
         source=source,
         key=_ROLLUP_KEY,
     )
+
+
+class _Key(msgspec.Struct):
+    """A UsageKey as _stored() sends it."""
+
+    organization_id: UUID
+    external_subscription_id: str
+    transaction_id: str
 
 
 class _Row(msgspec.Struct):

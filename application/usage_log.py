@@ -235,13 +235,18 @@ def dedupe_batch(
     TransactionIdConflictError for the first input whose fingerprint differs from the stored
     one (`stored_fingerprints`, by key) or from an earlier input with the same key.
     """
-    known: dict[UsageKey, tuple[str, int | None]] = {
-        key: (fingerprint, None) for key, fingerprint in (stored_fingerprints or {}).items()
+    # Keyed by the organization's number: a tuple holding a UUID hashes it in Python.
+    known: dict[tuple[int, str, str], tuple[str, int | None]] = {
+        (organization_id.int, subscription, transaction): (fingerprint, None)
+        for (organization_id, subscription, transaction), fingerprint in (
+            stored_fingerprints or {}
+        ).items()
     }
     firsts: list[int] = []
     duplicates: dict[int, int] = {}
     for index, usage in enumerate(batch):
-        key = usage_key(usage)
+        event = usage.event
+        key = (event.organization_id.int, event.external_subscription_id, event.transaction_id)
         seen = known.get(key)
         if seen is None:
             known[key] = (usage.fingerprint, index)
