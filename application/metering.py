@@ -267,16 +267,13 @@ class _Context:
         self, subscription: Subscription, at: datetime, code: str, metric: BillableMetric
     ) -> tuple[str, ...]:
         """The metric's filter keys and the pricing group keys of the charges on this metric in
-        the plan version in force (the latter kept until the next recorded change: reading a
-        plan's definition copies it)."""
+        the plan version in force, sorted (kept with the context: reading a plan's definition
+        copies it)."""
         plan = subscription.plan_at(at)
         key = (plan.plan_code, plan.plan_version, code)
         found = self.dimension_keys.get(key)
         if found is None:
-            group_keys = self.aggregates.memo(
-                ("group_keys", plan.plan_id, plan.plan_version, code),
-                lambda: _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code),
-            )
+            group_keys = _group_keys(self.aggregates, plan.plan_id, plan.plan_version, code)
             found = self.dimension_keys[key] = tuple(sorted({*metric.filter_keys, *group_keys}))
         return found
 
@@ -287,9 +284,7 @@ def _remember(cache: dict[str, object], key: str, value: object) -> None:
     cache[key] = value
 
 
-def _group_keys(
-    aggregates: FreshAggregates, plan_id: UUID, version: int, code: str
-) -> tuple[str, ...]:
+def _group_keys(aggregates: FreshAggregates, plan_id: UUID, version: int, code: str) -> list[str]:
     plan: Any = aggregates.get(plan_id)  # domain.plan.Plan
     keys: list[str] = []
     for charge in plan.definition(version).get("charges", []):
@@ -297,7 +292,7 @@ def _group_keys(
             keys.extend(pricing_group_keys(charge["properties"]))
             for charge_filter in charge.get("filters", []):
                 keys.extend(pricing_group_keys(charge_filter["properties"]))
-    return tuple(dict.fromkeys(keys))
+    return keys
 
 
 def _required(value: str | None, field: str) -> str:

@@ -84,10 +84,11 @@ class TopUpWorker:
         # arrived, so the wallet holders read below include every wallet recorded before the
         # usage was sent (a wallet recorded later counts from the next ingest, or the sweep).
         for key in keys:
-            if not self._wallet_holders(key[0]):
+            holders = self._wallet_holders(key[0])
+            if not holders:
                 continue  # No customer of the organization holds a wallet.
             customer = self._customer_of(*key)
-            if customer is not None and customer in self._wallet_holders(key[0]):
+            if customer is not None and customer in holders:
                 customers.add((key[0], customer))
         for organization_id, external_customer_id in sorted(customers):
             try:
